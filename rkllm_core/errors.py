@@ -1,0 +1,75 @@
+"""The exceptions rkllm-py raises, all rooted at :class:`RKLLMError`.
+
+Every message says what went wrong and what to do about it.
+
+Example:
+    >>> from rkllm_core.errors import RKLLMError, LibraryNotFoundError
+    >>> issubclass(LibraryNotFoundError, RKLLMError)
+    True
+"""
+
+from __future__ import annotations
+
+
+class RKLLMError(Exception):
+    """Base class of every error rkllm-py raises."""
+
+
+class LibraryError(RKLLMError):
+    """The runtime library could not be used."""
+
+
+class LibraryNotFoundError(LibraryError):
+    """No ``librkllmrt.so`` was found where we looked."""
+
+
+class LibraryLoadError(LibraryError):
+    """A library file exists but the system loader refused it."""
+
+
+class LibraryArchitectureError(LibraryLoadError):
+    """The library was built for another CPU architecture than this Python."""
+
+
+class MissingSymbolError(LibraryError):
+    """The library lacks functions that its runtime release must export."""
+
+
+class RuntimeVersionError(RKLLMError):
+    """The runtime release could not be determined, or does not match what was asked for."""
+
+
+class ModelLoadError(RKLLMError):
+    """``rkllm_init`` failed: the model could not be loaded."""
+
+
+class HostBuildError(RKLLMError):
+    """The host runtime could not be compiled."""
+
+
+class InvalidParameterError(RKLLMError, ValueError):
+    """An argument is out of range or of the wrong form."""
+
+
+class UnsupportedFeatureError(RKLLMError):
+    """The loaded runtime release lacks a feature; the message names the release that added it."""
+
+
+class RunError(RKLLMError):
+    """A run failed in the runtime (``RKLLM_RUN_ERROR`` or a non-zero return)."""
+
+    def __init__(self, message: str, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+class BusyError(RKLLMError):
+    """The model is busy with another run and the wait timed out."""
+
+
+class RunTimeoutError(BusyError, TimeoutError):
+    """A run did not finish (or start) within its timeout."""
+
+
+class AbortedError(RKLLMError):
+    """A run was aborted before it finished."""
