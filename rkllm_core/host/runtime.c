@@ -122,11 +122,11 @@ static float peak_memory_mb(void) {
 typedef struct {
     ivec kv;         /* token ids in this sequence's KV cache (negative: embedding input) */
     int system_len;  /* leading tokens that are the system prompt */
-    char pending[8]; /* bytes of an incomplete UTF-8 character */
+    char pending[256]; /* bytes not yet handed over: an incomplete UTF-8 character */
     int npending;
     int done, generated, prefill_tokens;
     double prefill_ms, generate_ms;
-    char text[256];
+    char text[512];
 } host_seq;
 
 typedef struct {
@@ -497,7 +497,8 @@ static int build_input(host_ctx *c, int lane, const RKLLMInput *in, lane_input *
     li->enable_thinking = c->cfg.supports_thinking; /* the template's own default */
 #endif
     host_seq *s = &c->seqs[lane];
-    int templated = c->custom_template || c->cfg.has_template;
+    /* 1.1 has no runtime template: callers concatenated prefix + text + postfix themselves */
+    int templated = RKLLM_HOST_FAMILY >= 120 && (c->custom_template || c->cfg.has_template);
     const char *text = NULL;
     strbuf mm = {0};
     switch (in->input_type) {
@@ -940,11 +941,9 @@ static int do_run(host_ctx *c, host_job *job) {
             }
             ivec_push(&s->kv, tok);
             c->ops->accept(c->eng, i, tok);
-            char piece[128];
+            char piece[200];
             int k = c->ops->token_bytes(c->eng, tok, c->param.skip_special_token, piece, sizeof piece);
-            if (s->npending + k > (int)sizeof s->pending) { /* never more than 3 held bytes */
-                take_complete_utf8(s, s->text, sizeof s->text, 1);
-            }
+            /* at most 3 bytes of an incomplete character are ever held, so a piece fits */
             int room = (int)sizeof s->pending - s->npending;
             if (k > room) k = room;
             memcpy(s->pending + s->npending, piece, (size_t)k);
