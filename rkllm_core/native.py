@@ -118,7 +118,7 @@ def make_result_callback(lib: RuntimeLibrary, handler: ResultHandler,
         try:
             value = handler(result, userdata, state)
             code = value if value in (1, 2) else 0
-        except BaseException as exc:  # noqa: BLE001 - nothing may cross into C
+        except BaseException as exc:
             errors.append(exc)
         return code if returns_int else None
 

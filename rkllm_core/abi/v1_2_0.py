@@ -1,4 +1,4 @@
-"""Runtime 1.2.0: ``n_keep``, CPU options, ``keep_history``, logits mode, KV-cache and template calls.
+"""Runtime 1.2.0: ``n_keep``, CPU options, ``keep_history``, logits mode, KV-cache, templates.
 
 Example:
     >>> from rkllm_core.abi import v1_2_0
@@ -14,7 +14,7 @@ from typing import Any
 
 from rkllm_core.abi import v1_1
 from rkllm_core.abi._spec import AbiFamily, FunctionSpec, LLMHandle, functions
-from rkllm_core.abi.enums import LLMCallState, members
+from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, members
 from rkllm_core.abi.v1_1 import (
     RKLLMInput,
     RKLLMLoraParam,
@@ -109,7 +109,7 @@ FAMILY = AbiFamily(
     enums={
         **v1_1.FAMILY.enums,
         "LLMCallState": members(LLMCallState, without=("RKLLM_RUN_GET_LAST_HIDDEN_LAYER",)),
-        "RKLLMInferMode": members(v1_1.RKLLMInferMode),
+        "RKLLMInferMode": members(RKLLMInferMode),
     },
     callbacks={"LLMResultCallback": LLMResultCallback},
     functions=functions(

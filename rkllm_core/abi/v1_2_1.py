@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import POINTER, c_bool, c_char_p, c_float, c_int, c_int8, c_int32, c_size_t, c_uint8
+from typing import Any
 
 from rkllm_core.abi import v1_1, v1_2_0
 from rkllm_core.abi._spec import AbiFamily, FunctionSpec, LLMHandle, functions
@@ -44,7 +45,7 @@ class RKLLMMultiModelInput(ctypes.Structure):
     ]
 
 
-def input_fields(multimodal: type[ctypes.Structure]) -> list[tuple[str, object]]:
+def input_fields(multimodal: type[ctypes.Structure]) -> list[tuple[str, Any]]:
     """``RKLLMInput`` from 1.2.1 on: ``role`` and ``enable_thinking`` before the union."""
     return [
         ("role", c_char_p),

@@ -32,7 +32,9 @@ def _assertions(facts: dict[str, Any], abi: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compile(source: str, family: str, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def _compile(
+    source: str, family: str, tmp_path: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
     src = tmp_path / f"layout_{family}.c"
     src.write_text(source)
     return subprocess.run(

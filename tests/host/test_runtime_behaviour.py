@@ -81,7 +81,7 @@ def test_finish_carries_perf_stats(session: Session) -> None:
     perf = run.perf
     generated = sum(1 for e in run.events if e.state in (0, 1))
     assert perf["generate_tokens"] == generated
-    assert perf["prefill_tokens"] > len("What is the capital of France?".split())
+    assert perf["prefill_tokens"] > len(["What", "is", "the", "capital", "of", "France?"])
     assert perf["prefill_time_ms"] >= 0 and perf["generate_time_ms"] >= 0
     assert perf["memory_usage_mb"] > 10  # VmHWM of this process
 
@@ -343,7 +343,8 @@ PACED = "decode_tokens_per_second = 40\nprefill_tokens_per_second = 2000\n"
 def test_abort_from_another_thread_stops_the_run_within_a_token(
     family: str, tmp_path: Path
 ) -> None:
-    s = Session(family, model=write_model(tmp_path, PACED + 'default reply "' + "word " * 200 + '"'))
+    reply = 'default reply "' + "word " * 200 + '"'
+    s = Session(family, model=write_model(tmp_path, PACED + reply))
     running_seen: list[bool] = []
 
     def on_event(event: object) -> None:
@@ -427,7 +428,8 @@ def test_run_async_returns_at_once_and_calls_back_from_its_thread(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_an_injected_error_ends_the_run_with_run_error(family: str, tmp_path: Path) -> None:
-    s = Session(family, model=write_model(tmp_path, 'error_after_tokens = 2\ndefault reply "a b c d"'))
+    model = write_model(tmp_path, 'error_after_tokens = 2\ndefault reply "a b c d"')
+    s = Session(family, model=model)
     run = s.run("Hello")
     assert run.code == -1
     assert run.states == [0, 0, 3]
