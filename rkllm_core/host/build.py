@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -24,10 +25,14 @@ from pathlib import Path
 
 from rkllm_core.errors import HostBuildError, RuntimeVersionError
 
+logger = logging.getLogger("rkllm_core")
+
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("runtime.c", "engine_scripted.c")
 GGUF_SOURCE = "engine_gguf.c"
 HEADERS = ("rkllm_abi.h", "host_internal.h")
+#: engine_gguf.c follows this release's llama.h (pyproject's `host` extra pins it).
+TESTED_LLAMA_CPP_PYTHON = "0.3.36"
 FAMILY_MACRO = {"1.1": 110, "1.2.0": 120, "1.2.1": 121, "1.2.3": 123, "1.3.0": 130}
 
 
@@ -47,6 +52,11 @@ class LlamaCpp:
     include_dir: Path
     lib_dir: Path
     version: str
+
+    @property
+    def tested(self) -> bool:
+        """True for the llama-cpp-python release engine_gguf.c was written and tested against."""
+        return self.version == TESTED_LLAMA_CPP_PYTHON
 
 
 def find_llama_cpp() -> LlamaCpp | None:
@@ -151,8 +161,22 @@ def build_host_runtime(
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             tmp.unlink(missing_ok=True)
+            if gguf is None and use_gguf and llama and not llama.tested:
+                logger.warning(
+                    "llama-cpp-python %s does not match the GGUF engine (written for %s); the "
+                    "host runtime is built with the scripted engine only", llama.version,
+                    TESTED_LLAMA_CPP_PYTHON)
+                return build_host_runtime(family, gguf=False, force=force, directory=directory,
+                                          sanitize=sanitize)
+            hint = ""
+            if use_gguf and llama and not llama.tested:
+                hint = (f"\nllama-cpp-python {llama.version} is installed, but the GGUF engine "
+                        f"is written for {TESTED_LLAMA_CPP_PYTHON}: pip install "
+                        f"'llama-cpp-python=={TESTED_LLAMA_CPP_PYTHON}' (or build with "
+                        "gguf=False / `rkllm host build --no-gguf`)")
             raise HostBuildError(
-                f"compiling the host runtime failed:\n$ {' '.join(cmd)}\n{result.stderr[-4000:]}"
+                f"compiling the host runtime failed:\n$ {' '.join(cmd)}\n"
+                f"{result.stderr[-4000:]}{hint}"
             )
         os.replace(tmp, target)
     return target

@@ -531,6 +531,16 @@ static int sc_load_lora(host_engine *e, const char *path, const char *name, floa
 }
 
 const host_engine_ops scripted_engine_ops = {
-    "scripted",   sc_load,      sc_destroy, sc_tokenize, sc_token_bytes, sc_prefill, sc_next,
-    sc_accept,    sc_kv_remove, sc_hidden,  sc_logits,   sc_load_lora,   NULL,       NULL,
+    .name = "scripted",
+    .load = sc_load,
+    .destroy = sc_destroy,
+    .tokenize = sc_tokenize,
+    .token_bytes = sc_token_bytes,
+    .prefill = sc_prefill,
+    .next_token = sc_next,
+    .accept = sc_accept,
+    .kv_remove = sc_kv_remove,
+    .hidden = sc_hidden,
+    .logits = sc_logits,
+    .load_lora = sc_load_lora,
 };

@@ -92,6 +92,8 @@ typedef struct {
     /* Parse the model; fill cfg's runtime-side fields. 0 or -1 with err set. */
     int (*load)(host_engine **out, const char *path, host_model_config *cfg, char *err,
                 size_t errlen);
+    /* Create what a run needs for a context of n_ctx tokens and n_seq lanes (NULL: nothing). */
+    int (*configure)(host_engine *e, int n_ctx, int n_seq, char *err, size_t errlen);
     void (*destroy)(host_engine *e);
     /* Tokenize UTF-8 text, appending ids to out. parse_special: template markers are tokens. */
     int (*tokenize)(host_engine *e, const char *text, size_t len, int parse_special, ivec *out);

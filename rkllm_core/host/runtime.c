@@ -378,6 +378,11 @@ HOST_API int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBAC
 #else
     c->cb = callback;
 #endif
+    if (!fail && c->ops->configure &&
+        c->ops->configure(c->eng, param->max_context_len, c->n_batch, err, sizeof err) != 0) {
+        host_log('E', "%s", err);
+        fail = 1;
+    }
     if (fail) {
         c->ops->destroy(c->eng);
         config_free(&c->cfg);
