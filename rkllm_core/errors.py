@@ -68,7 +68,15 @@ class BusyError(RKLLMError):
 
 
 class RunTimeoutError(BusyError, TimeoutError):
-    """A run did not finish (or start) within its timeout."""
+    """A run did not finish (or start) within its timeout; ``partial_text`` is what it produced."""
+
+    def __init__(self, message: str, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+class ModelClosedError(RKLLMError):
+    """The model was closed (or is closing): create a new :class:`rkllm_core.RKLLM`."""
 
 
 class AbortedError(RKLLMError):

@@ -1,0 +1,1805 @@
+"""``RKLLM``: one loaded model, its worker thread and its run queue.
+
+Every native call that touches the model (runs and settings alike) executes on one worker
+thread the object owns, in FIFO order, so threads and asyncio tasks can share a model. Runs
+use the synchronous ``rkllm_run`` (``rkllm_run_async`` hangs on runtime 1.2.1, rknn-llm #320);
+results flow from the callback through a :class:`~rkllm_core.streaming.Channel` to whoever
+consumes them. ``rkllm_abort`` is the only call made from other threads, and never from inside
+the runtime's callback (an abort decided there is sent from a short-lived helper thread).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from rkllm_core import RKLLM
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hello.scripted"
+    >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hello there!"\\n')
+    >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+    ...     result = llm.generate("Hi")
+    >>> result.text, result.finish_reason
+    ('Hello there!', 'stop')
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import ValidationError
+
+from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
+from rkllm_core.errors import (
+    InvalidParameterError,
+    ModelClosedError,
+    RKLLMError,
+    RunError,
+    RunTimeoutError,
+    UnsupportedFeatureError,
+)
+from rkllm_core.library import RuntimeLibrary, load_library
+from rkllm_core.native import NativeModel
+from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
+from rkllm_core.streaming import Channel, StopMatcher, Utf8Decoder
+
+logger = logging.getLogger("rkllm_core")
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+Tokenizer = Callable[[str], Sequence[int]]
+
+_NORMAL = int(LLMCallState.RKLLM_RUN_NORMAL)
+_WAITING = int(LLMCallState.RKLLM_RUN_WAITING)
+_FINISH = int(LLMCallState.RKLLM_RUN_FINISH)
+_ERROR = int(LLMCallState.RKLLM_RUN_ERROR)
+_HIDDEN_1_1 = int(LLMCallState.RKLLM_RUN_GET_LAST_HIDDEN_LAYER)
+
+#: Qwen3-Reranker's judgement prompt; the score is P("yes") for the first answer token.
+RERANK_SYSTEM = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct '
+    'provided. Note that the answer can only be "yes" or "no".'
+)
+RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class PerfStats:
+    """Timings of one run.
+
+    From runtime 1.2.1 the numbers are the runtime's own (``RKLLMPerfStat``); before that the
+    times are measured around the callbacks and ``prefill_tokens`` / ``peak_memory_mb`` are
+    ``None``.
+
+    Example:
+        >>> from rkllm_core.model import PerfStats
+        >>> PerfStats(10, 5.0, 20, 1000.0, 20.0, 512.0).tokens_per_second
+        20.0
+    """
+
+    prefill_tokens: int | None
+    prefill_ms: float
+    decode_tokens: int
+    decode_ms: float
+    tokens_per_second: float
+    peak_memory_mb: float | None
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One streamed piece: the text it adds (may be ``""`` while a character is incomplete or
+    a stop string is being checked) and the token that produced it (``None`` for the tail
+    released at the end).
+
+    Example:
+        >>> from rkllm_core.model import StreamChunk
+        >>> StreamChunk("Hi", 1234).text
+        'Hi'
+    """
+
+    text: str
+    token_id: int | None
+
+
+@dataclass
+class GenerationResult:
+    """What a finished run produced.
+
+    ``finish_reason`` is ``"stop"`` (end of reply or a stop string), ``"length"``
+    (``max_new_tokens`` reached), ``"abort"`` (aborted, or the consumer went away) or
+    ``"error"``.
+
+    Example:
+        >>> from rkllm_core.model import GenerationResult, PerfStats
+        >>> r = GenerationResult("Hi", [1], "stop", PerfStats(None, 0.0, 1, 0.0, 0.0, None))
+        >>> r.text, r.finish_reason
+        ('Hi', 'stop')
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    perf: PerfStats
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Image embeddings for a multimodal prompt (one ``<image>`` tag in the prompt per image).
+
+    ``embed`` is float32 from the model's vision encoder: ``(n_images, n_image_tokens, dim)``,
+    or 2-D ``(n_images * n_image_tokens, dim)`` with ``n_images`` saying how many images it
+    holds (default 1). ``width``/``height`` are the encoder's input size (for mrope models).
+    ``start``/``end``/``content`` are the model's image tags on runtime 1.3.0 (older runtimes
+    take them as ModelParams.img_*).
+
+    Example:
+        >>> import numpy as np
+        >>> from rkllm_core.model import ImageInput
+        >>> ImageInput(np.zeros((2, 16, 32), dtype=np.float32)).n_image_tokens
+        16
+        >>> ImageInput(np.zeros((32, 8), dtype=np.float32), n_images=2).n_image_tokens
+        16
+    """
+
+    embed: np.ndarray
+    width: int = 0
+    height: int = 0
+    start: str | None = None
+    end: str | None = None
+    content: str | None = None
+    n_images: int = 0
+    n_image_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        shape = self.embed.shape
+        if len(shape) == 3:
+            n_images, n_tokens = int(shape[0]), int(shape[1])
+        elif len(shape) == 2:
+            n_images = self.n_images or 1
+            n_tokens = self.n_image_tokens or int(shape[0]) // n_images
+        else:
+            raise InvalidParameterError(
+                "image embed must be float32 (n_images, n_image_tokens, dim) or "
+                "(n_images * n_image_tokens, dim)")
+        if n_images <= 0 or n_tokens <= 0 or n_images * n_tokens * int(shape[-1]) \
+                != int(self.embed.size) or (self.n_images and self.n_images != n_images):
+            raise InvalidParameterError(
+                f"image embed of shape {shape} does not hold n_images={self.n_images or n_images} "
+                f"x n_image_tokens={self.n_image_tokens or n_tokens} rows")
+        object.__setattr__(self, "n_images", n_images)
+        object.__setattr__(self, "n_image_tokens", n_tokens)
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What is known about the loaded runtime and model.
+
+    ``platform`` (the SoC the runtime found; ``HOST`` for the host runtime), ``driver_version``
+    (the NPU driver), ``model_platform`` (the SoC the model was converted for),
+    ``toolkit_version`` and ``max_context_limit`` are parsed from the runtime's init log
+    (``None`` when it did not print them).
+
+    Example:
+        >>> from rkllm_core.model import parse_init_log
+        >>> parse_init_log("I rkllm: rkllm-runtime version: 1.2.1, rknpu driver version: 0.9.8, "
+        ...                "platform: RK3588")["driver_version"]
+        '0.9.8'
+    """
+
+    library_path: str
+    family: str
+    release: str
+    detection_method: str
+    is_host_runtime: bool
+    platform: str | None
+    driver_version: str | None
+    model_platform: str | None
+    toolkit_version: str | None
+    max_context_limit: int | None
+
+
+def parse_init_log(log: str) -> dict[str, Any]:
+    """Platform, NPU driver, toolkit release and context limit from ``rkllm_init``'s log."""
+
+    def find(pattern: str) -> str | None:
+        match = re.search(pattern, log)
+        return match.group(1).strip() if match else None
+
+    limit = find(r"max_context_limit:\s*(\d+)")
+    return {
+        "platform": find(r"\bplatform:\s*([^,\s]+)"),  # not target_platform: no \b after _
+        "model_platform": find(r"target_platform:\s*([^,\s]+)"),
+        "driver_version": find(r"rknpu driver version:\s*([^,]+?)(?:,|$)"),
+        "toolkit_version": find(r"rkllm-toolkit version:\s*([^,\s]+)"),
+        "max_context_limit": int(limit) if limit else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: the callback side and the bookkeeping the consumer reads
+
+
+@dataclass
+class _Done:
+    result: GenerationResult
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_Item = StreamChunk | _Done | _Failure
+
+
+@dataclass(eq=False)
+class _Run:
+    """One queued ``rkllm_run``: its structs (kept alive until it ends) and what it produced."""
+
+    kind: Literal["generate", "hidden", "logits"]
+    input: Any
+    infer: Any
+    keepalive: list[Any]
+    max_new_tokens: int  # the effective limit; <= 0 means none
+    enforce_max_tokens: bool  # old families: we abort after max_new_tokens tokens
+    stop: StopMatcher
+    on_token: Callable[[StreamChunk], object] | None = None
+    before: list[Callable[[Any], None]] = field(default_factory=list)
+    channel: Channel[_Item] = field(default_factory=Channel)
+    state: Literal["queued", "running", "done", "cancelled"] = "queued"
+    abort_reason: str | None = None
+    abort_resent: bool = False  # the abort was sent again once a callback saw it pending
+    error: BaseException | None = None
+    runtime_error: bool = False
+    return_code: int = 0
+    decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
+    text_parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    tokens_seen: int = 0
+    arrays: list[np.ndarray] = field(default_factory=list)
+    native_perf: dict[str, float] | None = None
+    started: float = 0.0
+    first_token: float | None = None
+    ended: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class _Engine:
+    """Owns the native handle and the worker thread; knows nothing of the public API.
+
+    Kept apart from :class:`RKLLM` so ``weakref.finalize`` can close it without keeping the
+    RKLLM object alive.
+    """
+
+    def __init__(self, lib: RuntimeLibrary, param: Any, tokenizer_callback: Any) -> None:
+        self.lib = lib
+        self._cond = threading.Condition()
+        self._jobs: deque[_Run | _Call] = deque()
+        self._closed = False
+        self._tls = threading.local()
+        self.current: _Run | None = None
+        self.native = NativeModel(lib, param, self._handle, tokenizer_callback=tokenizer_callback)
+        self._result_type = ctypes.POINTER(lib.family.struct("RKLLMResult"))
+        self._release_buffers = 2 if lib.family.key == "1.3.0" else 0
+        self._worker = threading.Thread(target=self._loop, name="rkllm-worker", daemon=True)
+        self._worker.start()
+
+    # -- the queue ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def in_worker(self) -> bool:
+        """True on the worker thread or inside a result callback (any thread)."""
+        return threading.get_ident() == self._worker.ident or bool(
+            getattr(self._tls, "in_callback", False))
+
+    def _refuse_reentry(self, what: str) -> None:
+        if self.in_worker():
+            raise RKLLMError(
+                f"{what} was called from inside a run's callback (on_token); the model runs one "
+                "thing at a time, so this would wait for itself: call it after the run")
+
+    def submit(self, job: _Run | _Call, what: str) -> None:
+        self._refuse_reentry(what)
+        with self._cond:
+            if self._closed:
+                raise ModelClosedError("the model is closed: create a new RKLLM to run it again")
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def call(self, fn: Callable[[Any], Any], what: str) -> Any:
+        """Run ``fn(handle)`` on the worker, after the runs queued before it."""
+        job = _Call(fn)
+        self.submit(job, what)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.value
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._jobs and not self._closed:
+                        self._cond.wait()
+                    if not self._jobs:
+                        return
+                    job = self._jobs.popleft()
+                    if isinstance(job, _Run):
+                        job.state = "running"
+                        self.current = job
+                if isinstance(job, _Run):
+                    self._execute(job)
+                else:
+                    job.execute(self.native.handle)
+        finally:
+            try:
+                self.native.close()
+            except Exception:
+                logger.exception("rkllm_destroy failed")
+
+    def _execute(self, run: _Run) -> None:
+        run.started = time.monotonic()
+        try:
+            if run.abort_reason is None:
+                for hook in run.before:  # on this thread, so nothing runs in between
+                    hook(self.native.handle)
+                logger.debug("rkllm_run: %s run", run.kind)
+                run.return_code = self.lib.run(self.native.handle, ctypes.byref(run.input),
+                                               ctypes.byref(run.infer), None)
+        except BaseException as exc:  # e.g. a before-hook failed: report it to the consumer
+            run.error = run.error or exc
+        errors = self.native.callback_errors
+        if errors:  # the handler catches everything itself; this is the last safety net
+            run.error = run.error or errors[0]
+            errors.clear()
+        run.ended = time.monotonic()
+        with self._cond:
+            run.state = "done"
+            self.current = None
+        _finish(run)
+
+    def abort_run(self, run: _Run, reason: str) -> str:
+        """Stop ``run``: drop it if still queued, else abort it. Returns what it was."""
+        with self._cond:
+            if run.state == "queued":
+                self._jobs.remove(run)
+                run.state = "cancelled"
+                run.abort_reason = reason
+                was = "queued"
+            elif run.state == "running":
+                if run.abort_reason is None:
+                    run.abort_reason = reason
+                if getattr(self._tls, "in_callback", False):
+                    self._abort_later(run)
+                else:
+                    # under the lock: the worker cannot destroy the handle meanwhile
+                    self.lib.abort(self.native.handle)
+                return "running"
+            else:
+                return "done"
+        _finish(run)
+        return was
+
+    def _abort_later(self, run: _Run) -> None:
+        """Call rkllm_abort from another thread: calling it inside the runtime's own callback
+        is undocumented (it may wait for the run it is called from)."""
+
+        def abort() -> None:
+            with self._cond:
+                if run.state == "running":
+                    self.lib.abort(self.native.handle)
+
+        threading.Thread(target=abort, name="rkllm-abort", daemon=True).start()
+
+    def abort_current(self) -> bool:
+        """Abort whatever run is executing now; False if none is."""
+        run = self.current
+        return run is not None and self.abort_run(run, "abort") == "running"
+
+    def close(self) -> None:
+        """Cancel queued work, abort the running run, wait for it, destroy the handle."""
+        with self._cond:
+            already = self._closed
+            self._closed = True
+            pending = list(self._jobs)
+            self._jobs.clear()
+            for job in pending:
+                if isinstance(job, _Run):
+                    job.state = "cancelled"
+            running = self.current
+            self._cond.notify_all()
+        for job in pending:
+            if isinstance(job, _Run):
+                job.error = ModelClosedError("the model was closed before this run started")
+                _finish(job)
+            else:
+                job.fail(ModelClosedError("the model was closed before this call ran"))
+        if running is not None and not already:
+            self.abort_run(running, "abort")
+        if self.in_worker():
+            return  # closed from a callback: the worker destroys the handle when the run ends
+        self._worker.join()
+
+    # -- the result callback --------------------------------------------------------------
+
+    def _handle(self, result: Any, userdata: Any, state: int) -> int:
+        run = self.current
+        if run is None:
+            return 0
+        self._tls.in_callback = True
+        try:
+            return self._on_result(run, result, state)
+        except BaseException as exc:
+            run.error = run.error or exc
+            if run.abort_reason is None:
+                run.abort_reason = "error"
+                self._abort_later(run)
+            return 0
+        finally:
+            self._tls.in_callback = False
+
+    def _on_result(self, run: _Run, result: Any, state: int) -> int:
+        if not result:
+            return 0
+        r = ctypes.cast(result, self._result_type)[0]
+        if state == _FINISH:
+            perf = getattr(r, "perf", None)
+            if perf is not None:
+                run.native_perf = {name: getattr(perf, name) for name, _ in perf._fields_}
+            return 0
+        if state == _ERROR:
+            run.runtime_error = True
+            return 0
+        if run.abort_reason is not None:
+            # aborting: deliver nothing more. Send the abort once more, since the runtime
+            # clears its flag when a run starts (an abort may have come just before)
+            if not run.abort_resent:
+                run.abort_resent = True
+                self._abort_later(run)
+            return 0
+        if run.kind == "hidden" and state in (_NORMAL, _HIDDEN_1_1):
+            layer = r.last_hidden_layer
+            if layer.hidden_states and layer.num_tokens > 0 and layer.embd_size > 0:
+                # the runtime frees this buffer when the callback returns: copy it now
+                run.arrays.append(np.ctypeslib.as_array(
+                    layer.hidden_states, (layer.num_tokens, layer.embd_size)).copy())
+                return self._release_buffers
+            return 0
+        if run.kind == "logits" and state == _NORMAL:
+            logits = r.logits
+            if logits.logits and logits.num_tokens > 0 and logits.vocab_size > 0:
+                run.arrays.append(np.ctypeslib.as_array(
+                    logits.logits, (logits.num_tokens, logits.vocab_size)).copy())
+                return self._release_buffers
+            return 0
+        if run.kind != "generate" or state not in (_NORMAL, _WAITING):
+            return 0
+        if run.first_token is None:
+            run.first_token = time.monotonic()
+        raw = ctypes.string_at(r.text) if r.text else None
+        token_id = int(r.token_id)
+        run.tokens_seen += 1
+        if token_id >= 0:
+            run.token_ids.append(token_id)
+        text = run.stop.feed(run.decoder.feed(raw))
+        run.text_parts.append(text)
+        chunk = StreamChunk(text, token_id if token_id >= 0 else None)
+        if run.on_token is not None:
+            run.on_token(chunk)
+        run.channel.put(chunk)
+        if run.abort_reason is None:
+            if run.stop.stopped:
+                run.abort_reason = "stop"
+            elif run.enforce_max_tokens and run.tokens_seen >= run.max_new_tokens:
+                run.abort_reason = "length"
+            if run.abort_reason is not None:
+                run.abort_resent = True
+                self._abort_later(run)
+        return 0
+
+
+class _Call:
+    """A settings call queued behind the runs, executed on the worker."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def execute(self, handle: Any) -> None:
+        try:
+            self.value = self.fn(handle)
+        except BaseException as exc:
+            self.error = exc
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+def _perf(run: _Run) -> PerfStats:
+    if run.native_perf is not None:
+        p = run.native_perf
+        decode_ms = float(p["generate_time_ms"])
+        decode_tokens = int(p["generate_tokens"])
+        return PerfStats(
+            prefill_tokens=int(p["prefill_tokens"]),
+            prefill_ms=float(p["prefill_time_ms"]),
+            decode_tokens=decode_tokens,
+            decode_ms=decode_ms,
+            tokens_per_second=decode_tokens * 1000.0 / decode_ms if decode_ms > 0 else 0.0,
+            peak_memory_mb=float(p["memory_usage_mb"]),
+        )
+    first = run.first_token if run.first_token is not None else run.ended
+    started = run.started or first
+    decode_ms = max(0.0, (run.ended - first) * 1000.0)
+    return PerfStats(
+        prefill_tokens=None,
+        prefill_ms=max(0.0, (first - started) * 1000.0),
+        decode_tokens=run.tokens_seen,
+        decode_ms=decode_ms,
+        tokens_per_second=run.tokens_seen * 1000.0 / decode_ms if decode_ms > 0 else 0.0,
+        peak_memory_mb=None,
+    )
+
+
+def _finish(run: _Run) -> None:
+    """Release the undecoded tail, then hand the consumer the result or the error."""
+    if run.kind == "generate" and run.state == "done":
+        # an aborted run may end inside a character: drop it rather than emit U+FFFD
+        pending = run.decoder.flush() if run.abort_reason is None else ""
+        tail = run.stop.feed(pending) + run.stop.flush()
+        if tail:
+            run.text_parts.append(tail)
+            run.channel.put(StreamChunk(tail, None))
+    if run.error is not None:
+        run.channel.put(_Failure(run.error))
+    elif run.runtime_error or run.return_code != 0:
+        error = RunError(
+            f"the runtime reported an error (rkllm_run returned {run.return_code}"
+            f"{', RKLLM_RUN_ERROR' if run.runtime_error else ''}) after {run.tokens_seen} tokens; "
+            "its log on stderr says why (input longer than max_context_len, unknown LoRA name, "
+            "wrong image count, ...)", partial_text=run.text)
+        run.channel.put(_Failure(error))
+    else:
+        reason: FinishReason
+        if run.abort_reason == "stop":
+            reason = "stop"
+        elif run.abort_reason == "length":
+            reason = "length"
+        elif run.abort_reason is not None:
+            reason = "abort"
+        elif run.max_new_tokens > 0 and run.tokens_seen >= run.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        run.channel.put(_Done(GenerationResult(run.text, list(run.token_ids), reason, _perf(run))))
+    run.channel.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumers
+
+
+class _StreamBase:
+    def __init__(self, engine: _Engine, run: _Run, timeout: float | None,
+                 owner: object = None) -> None:
+        self._owner = owner  # keeps the RKLLM (and so the model) alive while we stream
+        self._engine = engine
+        self._run = run
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._result: GenerationResult | None = None
+        self._finished = False
+
+    @property
+    def result(self) -> GenerationResult:
+        """The final result; available once the stream has been consumed (or closed).
+
+        Example: see :class:`TextStream` and :meth:`RKLLM.astream`.
+        """
+        if self._result is None:
+            raise RKLLMError("the run has not finished: iterate the stream to its end first")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        """The text streamed so far.
+
+        Example: ``stream.text`` after a few chunks of :meth:`RKLLM.stream`.
+        """
+        return self._run.text
+
+    def abort(self) -> None:
+        """Ask the run to stop (or drop it if it has not started); does not wait.
+
+        Example: ``stream.abort()``; :meth:`TextStream.close` also waits for the run's end.
+        """
+        if not self._finished:
+            self._engine.abort_run(self._run, "abort")
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _accept(self, item: Any) -> StreamChunk | None:
+        """Handle one channel item; a chunk to yield, or None to read on."""
+        if item is Channel.END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, StreamChunk):
+            return item
+        if isinstance(item, _Done):
+            self._result = item.result
+            return None
+        self._finished = True
+        assert isinstance(item, _Failure)
+        raise item.error
+
+    def _timed_out(self, was: str) -> RunTimeoutError:
+        if was == "queued":
+            return RunTimeoutError(
+                f"the run did not start within {self._timeout} s: the model was busy with earlier "
+                "runs (raise timeout=, or use another model instance)")
+        return RunTimeoutError(
+            f"the run did not finish within {self._timeout} s and was aborted",
+            partial_text=self._run.text)
+
+    def __del__(self) -> None:
+        # a consumer that went away (break, GC) must not leave the run going
+        if not getattr(self, "_finished", True):
+            self._engine.abort_run(self._run, "abort")
+
+
+class TextStream(_StreamBase):
+    """The chunks of one run as they arrive; see :meth:`RKLLM.stream`.
+
+    Stopping early (``break``, an exception, ``close()``, garbage collection, Ctrl-C) aborts
+    the run; the model stays usable. ``result`` holds the :class:`GenerationResult` once the
+    stream is exhausted.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two three"\\n')
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     stream = llm.stream("count")
+        ...     pieces = [chunk.text for chunk in stream]
+        >>> "".join(pieces), stream.result.finish_reason
+        ('one two three', 'stop')
+    """
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        return self
+
+    def __next__(self) -> StreamChunk:
+        if self._finished:
+            raise StopIteration
+        while True:
+            chunk = self._accept(self._get())
+            if chunk is not None:
+                return chunk
+
+    def _get(self) -> Any:
+        try:
+            return self._run.channel.get(self._remaining())
+        except TimeoutError:
+            was = self._engine.abort_run(self._run, "timeout")
+            if was == "done":
+                return self._run.channel.get()
+            self._drain()
+            raise self._timed_out(was) from None
+        except BaseException:
+            self._engine.abort_run(self._run, "abort")
+            raise
+
+    def _drain(self) -> None:
+        while (item := self._run.channel.get()) is not Channel.END:
+            if isinstance(item, _Done):
+                self._result = item.result
+        self._finished = True
+
+    def close(self) -> None:
+        """Abort the run if it is still going and wait until it has ended.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     stream = llm.stream("go")
+            ...     first = next(stream).text
+            ...     stream.close()
+            >>> first, stream.result.text.startswith("a")
+            ('a', True)
+        """
+        if not self._finished:
+            self._engine.abort_run(self._run, "abort")
+            if self._engine.in_worker():
+                return
+            self._drain()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTextStream(_StreamBase):
+    """The asyncio twin of :class:`TextStream`; waiting never blocks the event loop.
+
+    Cancelling the task that iterates it, ``break`` or ``aclose()`` abort the run.
+
+    Example:
+        >>> import asyncio, tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two"\\n')
+        >>> async def main() -> str:
+        ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...         return "".join([c.text async for c in llm.astream("count")])
+        >>> asyncio.run(main())
+        'one two'
+    """
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            while True:
+                chunk = self._accept(await self._aget())
+                if chunk is not None:
+                    return chunk
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def _aget(self) -> Any:
+        channel = self._run.channel
+        try:
+            return await channel.aget(self._remaining())
+        except TimeoutError:
+            was = self._engine.abort_run(self._run, "timeout")
+            if was == "done":
+                return await channel.aget()
+            await self._adrain()
+            raise self._timed_out(was) from None
+        except BaseException:
+            self._engine.abort_run(self._run, "abort")
+            raise
+
+    async def _adrain(self) -> None:
+        while (item := await self._run.channel.aget()) is not Channel.END:
+            if isinstance(item, _Done):
+                self._result = item.result
+        self._finished = True
+
+    async def aclose(self) -> None:
+        """Abort the run if it is still going and wait (asynchronously) until it has ended.
+
+        Example:
+            >>> import asyncio, tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
+            >>> async def main() -> str:
+            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...         stream = llm.astream("go")
+            ...         await stream.__anext__()
+            ...         await stream.aclose()
+            ...         return stream.result.finish_reason
+            >>> asyncio.run(main()) in ("abort", "stop")
+            True
+        """
+        if not self._finished:
+            self._engine.abort_run(self._run, "abort")
+            await self._adrain()
+
+    async def __aenter__(self) -> AsyncTextStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The public class
+
+
+class RKLLM:
+    """A loaded RKLLM model: generation, streaming, async, embeddings, logits, KV cache.
+
+    Setup:
+        On a Rockchip board, ``librkllmrt.so`` is found on the usual paths (or pass
+        ``library=``). Anywhere else, ``library="host"`` builds rkllm-py's host runtime, which
+        runs scripted and GGUF models with the same API.
+
+    Key init args:
+        model_path: the model file. library: ``None`` (search), a path, ``"host"`` or a
+        :class:`~rkllm_core.library.RuntimeLibrary`. runtime_version: the runtime release when
+        detection should not decide. params: a :class:`ModelParams`; extend: an
+        :class:`ExtendParams`; ``**param_overrides``: any ModelParams field
+        (``max_context_len=2048, temperature=0.2``). tokenizer: optional
+        ``str -> token ids`` (used by :meth:`rerank`; on 1.3.0 also registered as the
+        tokenizer callback for models exported without one).
+
+    Threads and tasks share one model: runs execute one at a time, first come first served,
+    on a worker thread this object owns. ``close()`` (or leaving the ``with`` block, or
+    interpreter exit) aborts a run in flight, waits for it and frees the model.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "france" reply "Paris."\\n'
+        ...                     'default reply "Hello!"\\n')
+        >>> llm = RKLLM(path, library="host", runtime_version="1.2.3", max_context_len=512)
+        >>> llm.generate("The capital of France?").text
+        'Paris.'
+        >>> [c.text for c in llm.stream("hi")]
+        ['Hello', '!']
+        >>> llm.runtime_info.release
+        '1.2.3'
+        >>> llm.close()
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        library: str | os.PathLike[str] | RuntimeLibrary | None = None,
+        runtime_version: str | None = None,
+        params: ModelParams | None = None,
+        extend: ExtendParams | None = None,
+        tokenizer: Tokenizer | None = None,
+        **param_overrides: Any,
+    ) -> None:
+        self._engine: _Engine | None = None
+        if params is None and model_path is None:
+            raise InvalidParameterError("pass the model file: RKLLM('model.rkllm', ...)")
+        values: dict[str, Any] = params.model_dump() if params is not None else {}
+        values.update(param_overrides)
+        if model_path is not None:
+            values["model_path"] = model_path
+        try:
+            self.params = ModelParams.model_validate(values)
+        except ValidationError as exc:
+            raise InvalidParameterError(f"invalid model parameters: {exc}") from exc
+        self.extend = extend or ExtendParams()
+        if isinstance(library, RuntimeLibrary):
+            self.lib = library
+        else:
+            self.lib = load_library(library, runtime_version=runtime_version)
+        if self.extend.n_batch > 1:
+            raise UnsupportedFeatureError(
+                "RKLLM runs one sequence at a time; n_batch > 1 is not supported by this class "
+                "(drive the runtime through rkllm_core.library for batched runs)")
+        param = self.lib.create_default_param()
+        self.params.fill_native(param, self.lib.release, self.extend)
+        self.tokenizer = tokenizer
+        tokenizer_callback = None
+        if tokenizer is not None and self.lib.family.key == "1.3.0":
+            tokenizer_callback = _tokenizer_callback(self.lib, tokenizer)
+        self._engine = _Engine(self.lib, param, tokenizer_callback)
+        self._info = parse_init_log(self._engine.native.init_log)
+        self._cross_attn_keep: list[Any] = []
+        self._finalizer = weakref.finalize(self, self._engine.close)
+        logger.info("loaded %s on runtime %s", self.params.model_path, self.lib.release)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Abort any run in flight, wait for it, and free the model. Idempotent.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> llm = RKLLM(path, library="host", max_context_len=512)
+            >>> llm.close(); llm.close(); llm.closed
+            True
+        """
+        if self._engine is not None:
+            self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run.
+
+        Example: see :meth:`close`.
+        """
+        return self._engine is None or self._engine.closed
+
+    def __enter__(self) -> RKLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"RKLLM({str(self.params.model_path)!r}, runtime={self.lib.release}, {state})"
+
+    @property
+    def _live(self) -> _Engine:
+        if self._engine is None or self._engine.closed:
+            raise ModelClosedError("the model is closed: create a new RKLLM to use it again")
+        return self._engine
+
+    @property
+    def is_running(self) -> bool:
+        """True while a run of this model is executing (queued runs do not count).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> # this model stops sending tokens after the first one, until aborted
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhang_after_tokens = 1\\n'
+            ...                     'default reply "a b c"\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     stream = llm.stream("go")
+            ...     _ = next(stream)
+            ...     running = llm.is_running
+            ...     stream.close()
+            ...     running, llm.is_running
+            (True, False)
+        """
+        return self._engine is not None and self._engine.current is not None
+
+    def abort(self) -> bool:
+        """Abort the run executing now (queued runs still run); False if none was.
+
+        Its consumer sees ``finish_reason == "abort"``. Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.abort()
+            False
+        """
+        return self._engine is not None and self._engine.abort_current()
+
+    @property
+    def runtime_info(self) -> RuntimeInfo:
+        """Library path, family, release, how it was detected, and what the init log said.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", runtime_version="1.2.0",
+            ...            max_context_len=512) as llm:
+            ...     info = llm.runtime_info
+            >>> info.family, info.platform, info.model_platform, info.driver_version
+            ('1.2.0', 'HOST', 'RK3588', 'none (host runtime)')
+        """
+        d = self.lib.detection
+        return RuntimeInfo(
+            library_path=str(self.lib.path), family=d.family, release=d.release,
+            detection_method=d.method, is_host_runtime=self.lib.is_host_runtime, **self._info)
+
+    # -- building a run ---------------------------------------------------------------------
+
+    def _require(self, function: str, what: str) -> None:
+        if not self.lib.family.has(function):
+            added = self.lib.family.added_in(function) or "a newer release"
+            raise UnsupportedFeatureError(
+                f"{what} needs runtime {added} or newer; this library is runtime "
+                f"{self.lib.release}")
+
+    def _unsupported(self, what: str, release: str) -> UnsupportedFeatureError:
+        return UnsupportedFeatureError(
+            f"{what} needs runtime {release} or newer; this library is runtime {self.lib.release}")
+
+    def _build(
+        self,
+        kind: Literal["generate", "hidden", "logits"],
+        *,
+        prompt: str | None,
+        role: str,
+        enable_thinking: bool,
+        tokens: Sequence[int] | None,
+        embeddings: np.ndarray | None,
+        image: ImageInput | None,
+        keep_history: bool,
+        max_new_tokens: int | None,
+        sampling: SamplingParams | None,
+        lora: str | None,
+        save_prompt_cache: str | os.PathLike[str] | None,
+        stop: Sequence[str] | None,
+        on_token: Callable[[StreamChunk], object] | None,
+    ) -> _Run:
+        family = self.lib.family
+        key = family.key
+        has_role = key in ("1.2.1", "1.2.3", "1.3.0")
+        given = [x is not None for x in (prompt, tokens, embeddings)]
+        if sum(given) != 1:
+            raise InvalidParameterError(
+                "give exactly one input: prompt (text), tokens (ids) or embeddings (array)")
+        if image is not None and prompt is None:
+            raise InvalidParameterError("image needs a prompt with an <image> tag per image")
+        if not has_role and role != "user":
+            raise self._unsupported(f"role={role!r}", "1.2.1")
+        if not has_role and enable_thinking:
+            raise self._unsupported("enable_thinking", "1.2.1")
+        if key == "1.1" and keep_history:
+            raise self._unsupported("keep_history", "1.2.0")
+        if kind == "logits" and key == "1.1":
+            raise self._unsupported("logits", "1.2.0")
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise InvalidParameterError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+        if sampling is not None and key != "1.3.0":
+            differ = sampling.differences(self.params)
+            if differ:
+                raise UnsupportedFeatureError(
+                    f"per-run sampling needs runtime 1.3.0; runtime {self.lib.release} fixes "
+                    f"sampling when the model loads, so {', '.join(differ)} cannot be "
+                    "overridden for one run: set them in ModelParams instead")
+        keep: list[Any] = []
+        inp = family.struct("RKLLMInput")()
+        if has_role:
+            inp.role = role.encode()
+            inp.enable_thinking = enable_thinking
+        if image is not None:
+            assert prompt is not None
+            self._fill_image(inp, prompt, image, keep)
+        elif prompt is not None:
+            inp.input_type = int(RKLLMInputType.RKLLM_INPUT_PROMPT)
+            data = prompt.encode()
+            keep.append(data)
+            inp.prompt_input = data
+        elif tokens is not None:
+            ids = list(tokens)
+            if not ids or any(not isinstance(t, (int, np.integer)) or t < 0 for t in ids):
+                raise InvalidParameterError("tokens must be a non-empty list of ids >= 0")
+            array = (ctypes.c_int32 * len(ids))(*ids)
+            keep.append(array)
+            inp.input_type = int(RKLLMInputType.RKLLM_INPUT_TOKEN)
+            inp.token_input.input_ids = array
+            inp.token_input.n_tokens = len(ids)
+        else:
+            data_f = np.ascontiguousarray(embeddings, dtype=np.float32)
+            if data_f.ndim != 2 or data_f.shape[0] == 0:
+                raise InvalidParameterError(
+                    "embeddings must be a 2-D float32 array (n_tokens, hidden_size)")
+            keep.append(data_f)
+            inp.input_type = int(RKLLMInputType.RKLLM_INPUT_EMBED)
+            inp.embed_input.embed = data_f.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            inp.embed_input.n_tokens = data_f.shape[0]
+
+        infer = family.struct("RKLLMInferParam")()
+        infer.mode = int({
+            "generate": RKLLMInferMode.RKLLM_INFER_GENERATE,
+            "hidden": RKLLMInferMode.RKLLM_INFER_GET_LAST_HIDDEN_LAYER,
+            "logits": RKLLMInferMode.RKLLM_INFER_GET_LOGITS,
+        }[kind])
+        if hasattr(infer, "keep_history"):
+            infer.keep_history = int(keep_history)
+        if lora is not None:
+            lora_param = family.struct("RKLLMLoraParam")(lora.encode())
+            keep.append(lora_param)
+            infer.lora_params = ctypes.pointer(lora_param)
+        if save_prompt_cache is not None:
+            cache = family.struct("RKLLMPromptCacheParam")(1, os.fsencode(save_prompt_cache))
+            keep.append(cache)
+            infer.prompt_cache_params = ctypes.pointer(cache)
+        native_limits = key == "1.3.0"
+        if native_limits:
+            if max_new_tokens is not None:
+                infer.max_new_tokens = max_new_tokens
+            if sampling is not None:
+                sp = family.struct("RKLLMSamplingParam")()
+                sampling.fill_native(sp)
+                keep.append(sp)  # the runtime reads it during the whole run
+                infer.sampling_params = ctypes.pointer(sp)
+        limit = self.params.max_new_tokens
+        if max_new_tokens is not None:
+            # 1.3.0's per-run value replaces the init one; older runtimes still stop at theirs
+            limit = max_new_tokens if native_limits or limit <= 0 else min(limit, max_new_tokens)
+        return _Run(
+            kind=kind, input=inp, infer=infer, keepalive=keep,
+            max_new_tokens=limit,
+            enforce_max_tokens=max_new_tokens is not None and not native_limits,
+            stop=StopMatcher(list(stop or ())), on_token=on_token)
+
+    def _fill_image(self, inp: Any, prompt: str, image: ImageInput, keep: list[Any]) -> None:
+        key = self.lib.family.key
+        embed = np.ascontiguousarray(image.embed, dtype=np.float32)
+        n_images, n_tokens = image.n_images, image.n_image_tokens
+        tags = prompt.count("<image>")
+        if key in ("1.1", "1.2.0"):
+            if n_images != 1:
+                raise self._unsupported("several images in one prompt", "1.2.1")
+        elif tags != n_images:
+            raise InvalidParameterError(
+                f"the prompt has {tags} <image> tag(s) but {n_images} image(s) were given; "
+                "the runtime needs one tag per image")
+        if key != "1.3.0" and any(t is not None for t in (image.start, image.end, image.content)):
+            raise UnsupportedFeatureError(
+                f"image tags per input need runtime 1.3.0; on runtime {self.lib.release} set "
+                "ModelParams.img_start / img_end / img_content")
+        data = prompt.encode()
+        keep += [embed, data]
+        mm = inp.multimodal_input
+        inp.input_type = int(RKLLMInputType.RKLLM_INPUT_MULTIMODAL)
+        mm.prompt = data
+        target = mm.image if key == "1.3.0" else mm
+        target.image_embed = embed.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        target.n_image_tokens = n_tokens
+        if key not in ("1.1", "1.2.0"):
+            target.n_image = n_images
+            target.image_width = image.width
+            target.image_height = image.height
+        if key == "1.3.0":
+            for name, value in (("image_start", image.start), ("image_end", image.end),
+                                ("image_content", image.content)):
+                raw = (value or "").encode()
+                keep.append(raw)
+                setattr(target, name, raw)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        role: str = "user",
+        enable_thinking: bool = False,
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        image: ImageInput | None = None,
+        keep_history: bool = False,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        lora: str | None = None,
+        save_prompt_cache: str | os.PathLike[str] | None = None,
+        stop: Sequence[str] | None = None,
+        before: Sequence[Callable[[Any], None]] = (),
+        timeout: float | None = None,
+    ) -> TextStream:
+        """Start a run and return a :class:`TextStream` of its chunks.
+
+        Takes the same arguments as :meth:`generate`. The run is queued at once; iterate the
+        stream to receive chunks as the runtime produces them.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d e f"\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     for chunk in llm.stream("go"):
+            ...         if chunk.text == " c":
+            ...             break                      # aborts the run
+            ...     after = llm.generate("go").text    # the model is still usable
+            >>> after
+            'a b c d e f'
+        """
+        run = self._build("generate", prompt=prompt, role=role, enable_thinking=enable_thinking,
+                          tokens=tokens, embeddings=embeddings, image=image,
+                          keep_history=keep_history, max_new_tokens=max_new_tokens,
+                          sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
+                          stop=stop, on_token=None)
+        run.before = list(before)
+        engine = self._live
+        engine.submit(run, "stream()")
+        return TextStream(engine, run, timeout, owner=self)
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        role: str = "user",
+        enable_thinking: bool = False,
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        image: ImageInput | None = None,
+        keep_history: bool = False,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        lora: str | None = None,
+        save_prompt_cache: str | os.PathLike[str] | None = None,
+        stop: Sequence[str] | None = None,
+        on_token: Callable[[StreamChunk], object] | None = None,
+        before: Sequence[Callable[[Any], None]] = (),
+        timeout: float | None = None,
+    ) -> GenerationResult:
+        """Run the model to the end and return a :class:`GenerationResult`.
+
+        Args:
+            prompt: text (the model's chat template is applied), or instead ``tokens`` (ids) or
+                ``embeddings`` (float32 ``(n_tokens, hidden)``), which are never templated.
+            role: ``"user"`` or ``"tool"`` (function results), runtime 1.2.1+.
+            enable_thinking: Qwen3-style thinking through the automatic template, 1.2.1+.
+            image: an :class:`ImageInput` for a multimodal prompt with ``<image>`` tags.
+            keep_history: keep this turn in the KV cache for the next run (1.2.0+).
+            max_new_tokens: limit for this run. Native on 1.3.0; on older runtimes the run is
+                aborted after that many tokens (finish_reason ``"length"``).
+            sampling: :class:`SamplingParams` for this run (1.3.0; older runtimes raise unless
+                they equal the model's).
+            lora: name of an adapter loaded with :meth:`load_lora`.
+            save_prompt_cache: write this run's prompt cache to that file.
+            stop: strings that end the reply; the text is cut before the first one found
+                and the run is aborted (finish_reason ``"stop"``).
+            on_token: called with each :class:`StreamChunk` on the worker thread, inside the
+                runtime's callback; if it raises, the run is aborted and the exception is
+                re-raised here.
+            before: callables run with the native handle on the worker thread right before
+                this run, with nothing in between (e.g. ``lib.clear_kv_cache(handle, False)``);
+                for layers such as :mod:`rkllm_core.chat`. If one raises, the run does not
+                start and the exception is raised here.
+            timeout: seconds for waiting plus running; RunTimeoutError after it (a run that
+                had started is aborted first).
+
+        Raises:
+            RunError: the runtime reported ``RKLLM_RUN_ERROR``; ``partial_text`` holds what
+                was generated before.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi! User: more"\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.generate("hello", stop=[" User:"]).text
+            'Hi!'
+        """
+        run = self._build("generate", prompt=prompt, role=role, enable_thinking=enable_thinking,
+                          tokens=tokens, embeddings=embeddings, image=image,
+                          keep_history=keep_history, max_new_tokens=max_new_tokens,
+                          sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
+                          stop=stop, on_token=on_token)
+        run.before = list(before)
+        return self._collect(run, timeout, "generate()")
+
+    def astream(
+        self,
+        prompt: str | None = None,
+        *,
+        role: str = "user",
+        enable_thinking: bool = False,
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        image: ImageInput | None = None,
+        keep_history: bool = False,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        lora: str | None = None,
+        save_prompt_cache: str | os.PathLike[str] | None = None,
+        stop: Sequence[str] | None = None,
+        before: Sequence[Callable[[Any], None]] = (),
+        timeout: float | None = None,
+    ) -> AsyncTextStream:
+        """Async :meth:`stream`: ``async for chunk in llm.astream(...)``.
+
+        Returns an :class:`AsyncTextStream` (its ``result`` is set once iterated to the end).
+        Cancelling the consuming task, ``break`` or ``aclose()`` abort the run; the model stays
+        usable.
+
+        Example:
+            >>> import asyncio, tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "x y"\\n')
+            >>> async def main() -> tuple[list[str], str]:
+            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...         stream = llm.astream("go")
+            ...         texts = [chunk.text async for chunk in stream]
+            ...         return texts, stream.result.finish_reason
+            >>> asyncio.run(main())
+            (['x', ' y'], 'stop')
+        """
+        run = self._build("generate", prompt=prompt, role=role, enable_thinking=enable_thinking,
+                          tokens=tokens, embeddings=embeddings, image=image,
+                          keep_history=keep_history, max_new_tokens=max_new_tokens,
+                          sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
+                          stop=stop, on_token=None)
+        run.before = list(before)
+        engine = self._live
+        engine.submit(run, "astream()")
+        return AsyncTextStream(engine, run, timeout, owner=self)
+
+    async def agenerate(
+        self,
+        prompt: str | None = None,
+        *,
+        role: str = "user",
+        enable_thinking: bool = False,
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        image: ImageInput | None = None,
+        keep_history: bool = False,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        lora: str | None = None,
+        save_prompt_cache: str | os.PathLike[str] | None = None,
+        stop: Sequence[str] | None = None,
+        on_token: Callable[[StreamChunk], object] | None = None,
+        before: Sequence[Callable[[Any], None]] = (),
+        timeout: float | None = None,
+    ) -> GenerationResult:
+        """Async :meth:`generate` (same arguments); never blocks the event loop.
+
+        Cancelling the awaiting task aborts the run; the model stays usable.
+
+        Example:
+            >>> import asyncio, tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hello!"\\n')
+            >>> async def main() -> str:
+            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...         return (await llm.agenerate("Hi")).text
+            >>> asyncio.run(main())
+            'Hello!'
+        """
+        run = self._build("generate", prompt=prompt, role=role, enable_thinking=enable_thinking,
+                          tokens=tokens, embeddings=embeddings, image=image,
+                          keep_history=keep_history, max_new_tokens=max_new_tokens,
+                          sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
+                          stop=stop, on_token=on_token)
+        run.before = list(before)
+        engine = self._live
+        engine.submit(run, "agenerate()")
+        stream = AsyncTextStream(engine, run, timeout, owner=self)
+        try:
+            async for _ in stream:
+                pass
+        except BaseException:
+            stream.abort()
+            raise
+        return stream.result
+
+    def _collect(self, run: _Run, timeout: float | None, what: str) -> GenerationResult:
+        engine = self._live
+        engine.submit(run, what)
+        stream = TextStream(engine, run, timeout, owner=self)
+        try:
+            for _ in stream:
+                pass
+        except BaseException:
+            stream.abort()
+            raise
+        return stream.result
+
+    def _arrays(self, run: _Run, timeout: float | None, what: str) -> list[np.ndarray]:
+        result = self._collect(run, timeout, what)
+        if result.finish_reason == "abort":
+            raise RKLLMError(f"{what} was aborted before the runtime returned its output")
+        return run.arrays
+
+    # -- hidden states, embeddings, logits, reranking ----------------------------------------
+
+    def hidden_states(
+        self,
+        prompt: str | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        embeddings: np.ndarray | None = None,
+        keep_history: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """The last hidden layer for the input's prefilled tokens, float32 ``(n_tokens, dim)``.
+
+        The array is copied inside the callback (the runtime frees its buffer right after).
+        With a text prompt the chat template's tokens are included.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.hidden_states(tokens=[300, 301, 302]).shape
+            (3, 16)
+        """
+        run = self._build("hidden", prompt=prompt, role="user", enable_thinking=False,
+                          tokens=tokens, embeddings=embeddings, image=None,
+                          keep_history=keep_history, max_new_tokens=None, sampling=None,
+                          lora=None, save_prompt_cache=None, stop=None, on_token=None)
+        arrays = self._arrays(run, timeout, "hidden_states()")
+        if not arrays:
+            raise RunError("the runtime returned no hidden states for this input")
+        return np.concatenate(arrays, axis=0)
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        pooling: Literal["mean", "last"] = "mean",
+        normalize: bool = True,
+        instruction: str | None = None,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """Sentence embeddings from the last hidden layer: ``(len(texts), dim)`` float32.
+
+        Each text is an independent run; on runtime 1.2.0+ the KV cache is cleared before each
+        one (so runs do not see each other: rknn-llm #278), which also drops any conversation
+        kept with ``keep_history``. ``instruction`` prefixes each text as
+        ``"Instruct: {instruction}\\nQuery: {text}"`` (Qwen3-Embedding style).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     vectors = llm.embed(["a cat", "a dog"])
+            >>> vectors.shape
+            (2, 16)
+        """
+        if pooling not in ("mean", "last"):
+            raise InvalidParameterError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        items = [texts] if isinstance(texts, str) else list(texts)
+        rows = []
+        for text in items:
+            if instruction:
+                text = f"Instruct: {instruction}\nQuery: {text}"
+            run = self._build("hidden", prompt=text, role="user", enable_thinking=False,
+                              tokens=None, embeddings=None, image=None, keep_history=False,
+                              max_new_tokens=None, sampling=None, lora=None,
+                              save_prompt_cache=None, stop=None, on_token=None)
+            run.before = self._fresh_cache_hooks()
+            arrays = self._arrays(run, timeout, "embed()")
+            if not arrays:
+                raise RunError("the runtime returned no hidden states for this input")
+            states = np.concatenate(arrays, axis=0)
+            vector = states.mean(axis=0) if pooling == "mean" else states[-1]
+            if normalize:
+                norm = float(np.linalg.norm(vector))
+                vector = vector / norm if norm > 0 else vector
+            rows.append(vector.astype(np.float32))
+        return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def _fresh_cache_hooks(self) -> list[Callable[[Any], None]]:
+        if not self.lib.family.has("rkllm_clear_kv_cache"):
+            return []
+        lib = self.lib
+
+        def clear(handle: Any) -> None:
+            if lib.clear_kv_cache(handle, False) != 0:
+                raise RKLLMError("rkllm_clear_kv_cache failed before an independent run")
+
+        return [clear]
+
+    def logits(
+        self,
+        prompt: str | None = None,
+        *,
+        tokens: Sequence[int] | None = None,
+        keep_history: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """Logits after the input, float32 ``(num_tokens, vocab_size)`` as the runtime gives
+        them (row -1 is the next-token distribution). Runtime 1.2.0+.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nvocab_size = 1000\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.logits("Hello").shape
+            (1, 1000)
+        """
+        run = self._build("logits", prompt=prompt, role="user", enable_thinking=False,
+                          tokens=tokens, embeddings=None, image=None, keep_history=keep_history,
+                          max_new_tokens=None, sampling=None, lora=None, save_prompt_cache=None,
+                          stop=None, on_token=None)
+        arrays = self._arrays(run, timeout, "logits()")
+        if not arrays:
+            raise RunError("the runtime returned no logits for this input")
+        return np.concatenate(arrays, axis=0)
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        yes_token_id: int | None = None,
+        no_token_id: int | None = None,
+        timeout: float | None = None,
+    ) -> list[float]:
+        """Relevance of each document to ``query``: P("yes") of a yes/no judgement, 0-1.
+
+        The model (ideally a reranker such as Qwen3-Reranker) is asked whether the document
+        meets the query; the score is ``softmax(logit_yes, logit_no)[0]`` of the next token.
+        The runtime has no tokenizer API, so the ids of "yes" and "no" come from
+        ``yes_token_id`` / ``no_token_id`` or from the ``tokenizer`` given to RKLLM; without
+        them this raises UnsupportedFeatureError. Needs logits (runtime 1.2.0+).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nvocab_size = 1000\\n'
+            ...                     'when contains "paris" reply "y"\\ndefault reply "n"\\n')
+            >>> # this toy model answers "y" or "n", single bytes whose token ids are their codes
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     scores = llm.rerank("capital of France?", ["Paris it is", "Bananas"],
+            ...                         yes_token_id=ord("y"), no_token_id=ord("n"))
+            >>> [round(s) for s in scores]
+            [1, 0]
+        """
+        if self.lib.family.key == "1.1":
+            raise self._unsupported("rerank() (it reads logits)", "1.2.0")
+        yes = yes_token_id if yes_token_id is not None else self._first_token("yes")
+        no = no_token_id if no_token_id is not None else self._first_token("no")
+        scores = []
+        for document in documents:
+            prompt = (f"{RERANK_SYSTEM}\n<Instruct>: {instruction or RERANK_INSTRUCTION}\n"
+                      f"<Query>: {query}\n<Document>: {document}")
+            run = self._build("logits", prompt=prompt, role="user", enable_thinking=False,
+                              tokens=None, embeddings=None, image=None, keep_history=False,
+                              max_new_tokens=None, sampling=None, lora=None,
+                              save_prompt_cache=None, stop=None, on_token=None)
+            run.before = self._fresh_cache_hooks()
+            arrays = self._arrays(run, timeout, "rerank()")
+            if not arrays:
+                raise RunError("the runtime returned no logits for this input")
+            row = arrays[-1][-1]
+            if not (0 <= yes < row.shape[0] and 0 <= no < row.shape[0]):
+                raise InvalidParameterError(
+                    f"yes/no token ids ({yes}, {no}) are outside the vocabulary ({row.shape[0]})")
+            diff = float(row[no]) - float(row[yes])
+            scores.append(1.0 / (1.0 + math.exp(min(diff, 700.0))))
+        return scores
+
+    def _first_token(self, word: str) -> int:
+        if self.tokenizer is None:
+            raise UnsupportedFeatureError(
+                "rerank() needs the token ids of 'yes' and 'no', and the RKLLM runtime has no "
+                "tokenizer API: pass tokenizer= (e.g. a Hugging Face tokenizer's encode) to RKLLM, "
+                "or yes_token_id= and no_token_id= to rerank()")
+        ids = list(self.tokenizer(word))
+        if not ids:
+            raise InvalidParameterError(f"the tokenizer returned no tokens for {word!r}")
+        return int(ids[0])
+
+    # -- LoRA, prompt cache, KV cache, templates, tools, cross attention ---------------------
+
+    def _check(self, code: int, what: str, hint: str) -> None:
+        if code != 0:
+            raise RKLLMError(f"{what} failed (returned {code}): {hint}")
+
+    def load_lora(self, path: str | os.PathLike[str], name: str, scale: float = 1.0) -> None:
+        """Load a LoRA adapter; select it per run with ``generate(..., lora=name)``.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> d = pathlib.Path(tempfile.mkdtemp())
+            >>> _ = (d / "m.scripted").write_text(
+            ...     'RKLLM-SCRIPTED 1\\nwhen lora pirate reply "Arr!"\\ndefault reply "Hello."\\n')
+            >>> _ = (d / "pirate.gguf").write_bytes(b"adapter")
+            >>> with RKLLM(d / "m.scripted", library="host", max_context_len=512) as llm:
+            ...     llm.load_lora(d / "pirate.gguf", "pirate")
+            ...     llm.generate("Hi", lora="pirate").text
+            'Arr!'
+        """
+        if not Path(path).is_file():
+            raise InvalidParameterError(f"LoRA adapter {path} does not exist")
+        adapter = self.lib.family.struct("RKLLMLoraAdapter")(
+            os.fsencode(path), name.encode(), scale)
+        code = self._live.call(lambda h: self.lib.load_lora(h, ctypes.byref(adapter)),
+                               "load_lora()")
+        self._check(code, f"rkllm_load_lora({path})",
+                    "the adapter must be a LoRA exported for this model (.rkllm or GGUF LoRA)")
+
+    def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
+        """Load a prompt cache saved by ``generate(..., save_prompt_cache=path)``.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> d = pathlib.Path(tempfile.mkdtemp())
+            >>> _ = (d / "m.scripted").write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(d / "m.scripted", library="host", runtime_version="1.3.0",
+            ...            max_context_len=512) as llm:
+            ...     _ = llm.generate("Hello", save_prompt_cache=d / "cache.bin")
+            ...     llm.load_prompt_cache(d / "cache.bin")
+            ...     llm.release_prompt_cache()
+        """
+        if not Path(path).is_file():
+            raise InvalidParameterError(f"prompt cache {path} does not exist")
+        raw = os.fsencode(path)
+        code = self._live.call(lambda h: self.lib.load_prompt_cache(h, raw),
+                               "load_prompt_cache()")
+        self._check(code, f"rkllm_load_prompt_cache({path})",
+                    "the file must be a prompt cache saved by this model and runtime")
+
+    def release_prompt_cache(self) -> None:
+        """Drop the loaded prompt cache (do this before loading another one).
+
+        Example: see :meth:`load_prompt_cache`.
+        """
+        code = self._live.call(self.lib.release_prompt_cache, "release_prompt_cache()")
+        self._check(code, "rkllm_release_prompt_cache", "no prompt cache was loaded")
+
+    def clear_kv_cache(self, keep_system_prompt: bool = False,
+                       ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None) -> None:
+        """Clear the KV cache (1.2.0+), keeping the system prompt if asked, or only the
+        ``[start, end)`` position ``ranges`` (1.2.1+; one range per batch).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     _ = llm.generate("Hello", keep_history=True)
+            ...     llm.clear_kv_cache()
+            ...     llm.kv_cache_size
+            0
+        """
+        self._require("rkllm_clear_kv_cache", "clear_kv_cache()")
+        if ranges is None:
+            code = self._live.call(
+                lambda h: self.lib.clear_kv_cache(h, keep_system_prompt), "clear_kv_cache()")
+        else:
+            if not self.lib.family.has("rkllm_get_kv_cache_size"):
+                raise self._unsupported("clear_kv_cache(ranges=...)", "1.2.1")
+            pairs = [ranges] if isinstance(ranges, tuple) else list(ranges)
+            if len(pairs) != 1 or any(len(p) != 2 or not 0 <= p[0] < p[1] for p in pairs):
+                raise InvalidParameterError(
+                    "ranges must be one (start, end) pair with 0 <= start < end")
+            start = (ctypes.c_int * 1)(pairs[0][0])
+            end = (ctypes.c_int * 1)(pairs[0][1])
+            code = self._live.call(
+                lambda h: self.lib.clear_kv_cache(h, keep_system_prompt, start, end),
+                "clear_kv_cache()")
+        self._check(code, "rkllm_clear_kv_cache",
+                    "a range must lie inside the cache (see kv_cache_size)")
+
+    @property
+    def kv_cache_size(self) -> int:
+        """Positions currently in the KV cache (runtime 1.2.1+).
+
+        Example: see :meth:`clear_kv_cache`.
+        """
+        self._require("rkllm_get_kv_cache_size", "kv_cache_size")
+        sizes = (ctypes.c_int * 1)()
+        code = self._live.call(lambda h: self.lib.get_kv_cache_size(h, sizes), "kv_cache_size")
+        self._check(code, "rkllm_get_kv_cache_size", "the runtime could not report it")
+        return int(sizes[0])
+
+    def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
+        """Replace the model's chat template (1.2.0+). Clears the KV cache and switches off
+        ``enable_thinking`` and tool handling; ``("", "", "")`` sends prompts raw.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.set_chat_template("", "", "")
+        """
+        self._require("rkllm_set_chat_template", "set_chat_template()")
+        args = (system.encode(), prefix.encode(), postfix.encode())
+        code = self._live.call(lambda h: self.lib.set_chat_template(h, *args),
+                               "set_chat_template()")
+        self._check(code, "rkllm_set_chat_template", "see the runtime's log on stderr")
+
+    def set_function_tools(self, system: str, tools: Sequence[dict[str, Any]] | str,
+                           tool_response_str: str = "tool_response") -> None:
+        """Give the model's chat template a system prompt and tools (1.2.1+).
+
+        ``tools`` is a list of OpenAI-style function dicts or their JSON. Needs the model's own
+        template: do not combine with :meth:`set_chat_template`. Send tool results with
+        ``generate(result_json, role="tool")``.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "weather" tools yes '
+            ...                     'reply "<tool_call>get_weather</tool_call>"\\n')
+            >>> tools = [{"type": "function", "function": {"name": "get_weather",
+            ...           "parameters": {"type": "object", "properties": {}}}}]
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     llm.set_function_tools("You are helpful.", tools)
+            ...     llm.generate("What is the weather?").text
+            '<tool_call>get_weather</tool_call>'
+        """
+        self._require("rkllm_set_function_tools", "set_function_tools()")
+        if isinstance(tools, str):
+            try:
+                parsed = json.loads(tools)
+            except json.JSONDecodeError as exc:
+                raise InvalidParameterError(f"tools is not valid JSON: {exc}") from exc
+        else:
+            parsed = list(tools)
+        if not isinstance(parsed, list) or not all(isinstance(t, dict) for t in parsed):
+            raise InvalidParameterError("tools must be a JSON array of function objects")
+        args = (system.encode(), json.dumps(parsed).encode(), tool_response_str.encode())
+        code = self._live.call(lambda h: self.lib.set_function_tools(h, *args),
+                               "set_function_tools()")
+        self._check(code, "rkllm_set_function_tools",
+                    "the model needs its own chat template (the runtime logs 'chat_template is "
+                    "empty' otherwise), and set_chat_template() must not have been called")
+
+    def set_cross_attn_params(self, encoder_k_cache: np.ndarray, encoder_v_cache: np.ndarray,
+                              encoder_mask: np.ndarray, encoder_pos: np.ndarray) -> None:
+        """Set encoder K/V caches for a cross-attention model (1.2.1+, ``use_cross_attn``).
+
+        K is float32 ``[layers][tokens][kv_heads][head_dim]``, V
+        ``[layers][kv_heads][head_dim][tokens]``, mask float32 ``[tokens]``, pos int32
+        ``[tokens]``. The arrays are kept alive by this object until the next call.
+
+        Example:
+            >>> import numpy as np, tempfile, pathlib
+            >>> from rkllm_core import RKLLM, ExtendParams
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512,
+            ...            extend=ExtendParams(use_cross_attn=True)) as llm:
+            ...     kv = np.zeros((1, 2, 1, 4), dtype=np.float32)
+            ...     llm.set_cross_attn_params(kv, kv, np.ones(2, np.float32), np.arange(2))
+        """
+        self._require("rkllm_set_cross_attn_params", "set_cross_attn_params()")
+        k = np.ascontiguousarray(encoder_k_cache, dtype=np.float32)
+        v = np.ascontiguousarray(encoder_v_cache, dtype=np.float32)
+        mask = np.ascontiguousarray(encoder_mask, dtype=np.float32)
+        pos = np.ascontiguousarray(encoder_pos, dtype=np.int32)
+        n = int(pos.shape[0]) if pos.ndim == 1 else -1
+        if n <= 0 or mask.shape != (n,) or k.size != v.size or k.size % n:
+            raise InvalidParameterError(
+                "encoder_pos and encoder_mask must be 1-D with one entry per encoder token, and "
+                "the K and V caches the same size, a multiple of the token count")
+        fp = ctypes.POINTER(ctypes.c_float)
+        params = self.lib.family.struct("RKLLMCrossAttnParam")(
+            k.ctypes.data_as(fp), v.ctypes.data_as(fp), mask.ctypes.data_as(fp),
+            pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n)
+        code = self._live.call(lambda h: self.lib.set_cross_attn_params(h, ctypes.byref(params)),
+                               "set_cross_attn_params()")
+        self._check(code, "rkllm_set_cross_attn_params",
+                    "the model must be loaded with ExtendParams(use_cross_attn=True)")
+        self._cross_attn_keep = [k, v, mask, pos, params]  # the runtime may keep the pointers
+
+
+def _tokenizer_callback(lib: RuntimeLibrary, tokenizer: Tokenizer) -> Any:
+    """Wrap ``tokenizer`` as 1.3.0's ``LLMTokenizerCallback`` (never raises into C)."""
+
+    def tokenize(userdata: Any, text: Any, length: int, out: Any, n_max: int) -> int:
+        try:
+            ids = list(tokenizer(ctypes.string_at(text, length).decode("utf-8", "replace")))
+            for i, token in enumerate(ids[:n_max]):
+                out[i] = int(token)
+            return min(len(ids), n_max)
+        except Exception:
+            logger.exception("the tokenizer callback raised")
+            return -1
+
+    return lib.family.callbacks["LLMTokenizerCallback"](tokenize)
