@@ -29,10 +29,33 @@ from typing import Any, Literal
 
 from rkllm_core.chat.messages import InvalidToolCall, ToolCall, new_call_id
 
-ToolFormat = Literal["hermes", "llama3_json"]
+ToolFormat = Literal["hermes", "llama3_json", "internlm2", "deepseek_r1"]
 
 THINK_START, THINK_END = "<think>", "</think>"
 TOOL_START, TOOL_END = "<tool_call>", "</tool_call>"
+_DS_CALLS_BEGIN, _DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+_DS_CALL_BEGIN, _DS_CALL_END = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>"
+_DS_SEP = "<｜tool▁sep｜>"
+
+
+@dataclass(frozen=True)
+class _BlockFormat:
+    """A tool-call format written as marked blocks: where calls start and end, and markers
+    around the blocks that are neither content nor calls."""
+
+    starts: tuple[str, ...]
+    end: str
+    ignorable: tuple[str, ...] = ()
+    body: Literal["json", "deepseek"] = "json"
+
+
+_BLOCK_FORMATS: dict[str, _BlockFormat] = {
+    "hermes": _BlockFormat((TOOL_START,), TOOL_END),
+    "internlm2": _BlockFormat(("<|action_start|><|plugin|>",), "<|action_end|>"),
+    "deepseek_r1": _BlockFormat((_DS_CALLS_BEGIN + _DS_CALL_BEGIN, _DS_CALL_BEGIN),
+                                _DS_CALL_END, (_DS_CALLS_END,), body="deepseek"),
+}
+_FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.S)
 _NAME_RE = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _ARGS_RE = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 
@@ -130,9 +153,10 @@ class _ArgsScanner:
 
 
 class _ToolBlock:
-    """One ``<tool_call>`` block being received."""
+    """One tool-call block being received."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, body: str = "json") -> None:
+        self.body = body
         self.index = index
         self.id = new_call_id()
         self.text = ""
@@ -144,6 +168,8 @@ class _ToolBlock:
     def feed(self, piece: str) -> list[ToolCallDelta]:
         self.text += piece
         out: list[ToolCallDelta] = []
+        if self.body == "deepseek":
+            return out  # name and fenced arguments are read whole at the block's end
         if self.name is None:
             m = _NAME_RE.search(self.text)
             if m is None:
@@ -171,7 +197,38 @@ class _ToolBlock:
         return out
 
     def result(self) -> ToolCall | InvalidToolCall:
+        if self.body == "deepseek":
+            return parse_deepseek_call(self.text, self.id)
         return parse_tool_json(self.text, self.id)
+
+    def closing_deltas(self) -> list[ToolCallDelta]:
+        """Deltas for a format whose calls are only known whole (sent when the block ends)."""
+        if self.body != "deepseek":
+            return []
+        parsed = self.result()
+        if isinstance(parsed, ToolCall):
+            return [ToolCallDelta(self.index, self.id, parsed.name, parsed.arguments_json())]
+        return [ToolCallDelta(self.index, self.id, parsed.name, parsed.raw)]
+
+
+def parse_deepseek_call(text: str, call_id: str | None = None) -> ToolCall | InvalidToolCall:
+    """``function<sep>NAME`` then a fenced JSON block of arguments (DeepSeek-R1's format)."""
+    call_id = call_id or new_call_id()
+    raw = text.strip()
+    _, sep, rest = raw.partition(_DS_SEP)
+    if not sep:
+        return InvalidToolCall(raw, "no tool-sep marker in the DeepSeek tool call", None, call_id)
+    name = rest.split("\n", 1)[0].strip()
+    fence = _FENCE_RE.search(rest)
+    body = fence.group(1) if fence else rest[len(name):].strip()
+    try:
+        args = json.loads(body) if body else {}
+    except ValueError as exc:
+        return InvalidToolCall(raw, f"tool-call JSON does not parse: {exc}", name or None, call_id)
+    if not name or not isinstance(args, dict):
+        return InvalidToolCall(raw, "a tool call needs a name and an object of arguments",
+                               name or None, call_id)
+    return ToolCall(name, args, call_id)
 
 
 def parse_tool_json(text: str, call_id: str | None = None) -> ToolCall | InvalidToolCall:
@@ -205,7 +262,9 @@ class OutputParser:
     Args:
         tool_format: ``"hermes"`` (``<tool_call>{json}</tool_call>`` blocks: Qwen, SmolLM,
             most RKLLM chat models), ``"llama3_json"`` (a turn that is one JSON object or
-            several separated by ``;``), or None (no tools bound: everything is content).
+            several separated by ``;``), ``"internlm2"`` (``<|action_start|><|plugin|>`` JSON
+            ``<|action_end|>``), ``"deepseek_r1"`` (DeepSeek's tool-call tokens with a fenced
+            JSON block), or None (no tools bound: everything is content).
         think: separate ``<think>...</think>`` at the start of the turn.
         starts_in_reasoning: the prompt ended inside ``<think>`` (DeepSeek-R1 distills), so the
             text is reasoning until ``</think>``.
@@ -310,34 +369,39 @@ class OutputParser:
             return Delta(content=text)
         if self.tool_format == "llama3_json":
             return self._llama3(text)
+        fmt = _BLOCK_FORMATS[self.tool_format]
         out = Delta()
         buf = self._tool_buf + text
         self._tool_buf = ""
         while buf:
             if self._block is None:
-                at = buf.find(TOOL_START)
-                if at < 0:
-                    keep = _held_prefix(buf, [TOOL_START])
+                found = [(buf.find(m), -len(m), m) for m in fmt.starts if m in buf]
+                if not found:
+                    keep = _held_prefix(buf, [*fmt.starts, *fmt.ignorable])
                     self._tool_buf = buf[len(buf) - keep:] if keep else ""
-                    self._emit_content(out, buf[:len(buf) - keep])
+                    self._emit_content(out, buf[:len(buf) - keep], fmt)
                     return out
-                self._emit_content(out, buf[:at])
-                self._block = _ToolBlock(len(self._blocks))
+                at, _, marker = min(found)
+                self._emit_content(out, buf[:at], fmt)
+                self._block = _ToolBlock(len(self._blocks), fmt.body)
                 self._blocks.append(self._block)
-                buf = buf[at + len(TOOL_START):]
+                buf = buf[at + len(marker):]
             else:
-                end = buf.find(TOOL_END)
+                end = buf.find(fmt.end)
                 if end < 0:
-                    keep = _held_prefix(buf, [TOOL_END])
+                    keep = _held_prefix(buf, [fmt.end])
                     self._tool_buf = buf[len(buf) - keep:] if keep else ""
                     out.tool_calls.extend(self._block.feed(buf[:len(buf) - keep]))
                     return out
                 out.tool_calls.extend(self._block.feed(buf[:end]))
+                out.tool_calls.extend(self._block.closing_deltas())
                 self._block = None
-                buf = buf[end + len(TOOL_END):]
+                buf = buf[end + len(fmt.end):]
         return out
 
-    def _emit_content(self, out: Delta, text: str) -> None:
+    def _emit_content(self, out: Delta, text: str, fmt: _BlockFormat | None = None) -> None:
+        for marker in fmt.ignorable if fmt else ():
+            text = text.replace(marker, "")
         if self._blocks and not text.strip():
             return  # whitespace between / after tool calls is not content
         self.content += text
@@ -388,10 +452,14 @@ class OutputParser:
                 out.tool_calls.extend(block.feed(part))
         elif self._tool_buf:
             rest, self._tool_buf = self._tool_buf, ""
+            fmt = _BLOCK_FORMATS.get(self.tool_format or "")
             if self._block is not None:
                 out.tool_calls.extend(self._block.feed(rest))
+                out.tool_calls.extend(self._block.closing_deltas())
             else:
-                self._emit_content(out, rest)
+                self._emit_content(out, rest, fmt)
+        elif self._block is not None:
+            out.tool_calls.extend(self._block.closing_deltas())
         self._block = None
         return out
 

@@ -162,6 +162,7 @@ typedef struct {
     int custom_template;
     char *c_system, *c_prefix, *c_postfix;
     int tools_set;
+    int tools_offered; /* tools_json holds at least one tool */
     char *tools_system, *tools_json, *tool_response_str;
     char *loras[32];
     int n_loras;
@@ -451,7 +452,8 @@ static char *system_block(host_ctx *c) {
     if (c->tools_set) {
         strbuf inner = {0};
         sb_adds(&inner, c->tools_system ? c->tools_system : "");
-        if (!c->custom_template && c->tools_json) {
+        /* an empty array renders no tools section, as `{% if tools %}` does in HF templates */
+        if (!c->custom_template && c->tools_offered) {
             sb_adds(&inner, "\n\n# Tools\n\nYou may call one or more functions to assist with the "
                             "user query.\n\nYou are provided with function signatures within "
                             "<tools></tools> XML tags:\n<tools>\n");
@@ -640,7 +642,11 @@ static int build_input(host_ctx *c, int lane, const RKLLMInput *in, lane_input *
         }
         tokenize_text(c, p, 0, &li->tokens);
     } else {
-        if (tokenize_text(c, text, 0, &li->tokens) != 0) return -1;
+        /* Without a runtime template (1.1, or set_chat_template with empty strings) the caller
+         * wrote the template into the text, as Rockchip's 1.1 examples do: its markers are
+         * special tokens. With a template, the user's text stays text. */
+        int raw = !templated || (c->custom_template && !*c->c_prefix && !*c->c_postfix);
+        if (tokenize_text(c, text, raw, &li->tokens) != 0) return -1;
     }
     if (tokenize_text(c, postfix, 1, &li->tokens) != 0) return -1;
     if (templated && !c->custom_template && c->cfg.supports_thinking && !li->enable_thinking)
@@ -846,7 +852,7 @@ static int do_run(host_ctx *c, host_job *job) {
         }
         host_run_info info = {li[i].input_text, history, li[i].role, job->lora_name,
                               (int)job->inputs[i].input_type, li[i].enable_thinking,
-                              c->tools_set, job->mode, li[i].embed, li[i].n_embed};
+                              c->tools_offered, job->mode, li[i].embed, li[i].n_embed};
         double t0 = now_ms();
         int to_prefill = s->kv.n - n_cached;
         int rc = c->ops->prefill(c->eng, i, s->kv.v, s->kv.n, n_cached, &info, err, sizeof err);
@@ -1421,6 +1427,8 @@ HOST_API int rkllm_set_function_tools(LLMHandle handle, const char *system_promp
     c->tools_json = strdup(tools);
     c->tool_response_str = strdup(tool_response_str ? tool_response_str : "tool_response");
     c->tools_set = 1;
+    const char *first = c->tools_json + strspn(c->tools_json, " \t\r\n[");
+    c->tools_offered = *first && *first != ']';
     if (c->custom_template)
         host_log('W', "function tools are not injected while a custom chat template is set");
     clear_all(c, 0);

@@ -151,3 +151,26 @@ def test_llama3_plain_answers_stream_as_content() -> None:
     deltas, result = run("Paris is sunny.", tool_format="llama3_json")
     assert next(d.content for d in deltas if d.content) == "P"
     assert result.content == "Paris is sunny." and result.tool_calls == []
+
+
+def test_internlm2_plugin_calls() -> None:
+    text = ('Checking.<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": '
+            '{"city": "Paris"}}<|action_end|>')
+    for pieces in chunkings(text, 5):
+        deltas, result = run(text, pieces, tool_format="internlm2")
+        assert "".join(d.content for d in deltas) == "Checking."
+        assert [(c.name, dict(c.arguments)) for c in result.tool_calls] == [
+            ("get_weather", {"city": "Paris"})]
+
+
+def test_deepseek_r1_calls_with_fenced_arguments() -> None:
+    text = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+            '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function'
+            '<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+    for pieces in chunkings(text, 6):
+        deltas, result = run(text, pieces, tool_format="deepseek_r1")
+        assert "".join(d.content for d in deltas) == ""
+        assert [(c.name, dict(c.arguments)) for c in result.tool_calls] == [
+            ("get_weather", {"city": "Paris"}), ("get_time", {})]
+        streamed = [d for d in deltas for d in d.tool_calls]
+        assert [d.name for d in streamed] == ["get_weather", "get_time"]

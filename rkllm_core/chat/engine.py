@@ -1,0 +1,853 @@
+"""The chat engine both adapters use: a message list in, the cheapest correct runtime call out.
+
+LangChain and LlamaIndex hand over the whole conversation on every call; the runtime takes one
+new input at a time and keeps the history in its KV cache. :class:`ChatEngine` remembers what
+the cache of its :class:`~rkllm_core.RKLLM` holds and sends only what is new when the
+conversation extends it; when the conversation diverges it clears the cache and replays.
+
+Three ways to reach the model:
+
+``native`` (default)
+    Plain text with ``role`` and ``enable_thinking``; the runtime applies the chat template
+    baked into the ``.rkllm`` file and ``rkllm_set_function_tools`` gives it the system prompt and
+    tools. Needs no extra files and never sends special tokens as text. Its limits: an assistant
+    turn cannot be sent, so a history the cache does not hold is replayed as a transcript inside
+    one user turn; a system prompt goes through ``rkllm_set_function_tools`` (1.2.1+) or, on older
+    runtimes and models without a template, is written at the top of the first user turn.
+``tokens`` (when a tokenizer is given)
+    The engine renders the whole conversation with the model's Jinja chat template, tokenizes it
+    locally and sends token ids. Exact for any history; a diverged history is cut back to the
+    longest common prefix of token ids (1.2.1+), so an edit late in a long chat is cheap.
+``raw``
+    The engine renders a template preset and sends it as text with the runtime template switched
+    off (``rkllm_set_chat_template`` with empty strings, which also switches off the runtime's
+    tool and thinking handling, rknn-llm issue 429).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from rkllm_core import RKLLM
+    >>> from rkllm_core.chat import ChatEngine, ChatMessage
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+    >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "france" reply "Paris."\\n'
+    ...                     'default reply "Hello!"\\n')
+    >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+    ...     chat = ChatEngine(llm)
+    ...     first = chat.generate([ChatMessage.user("Hi")])
+    ...     history = [ChatMessage.user("Hi"), first.message,
+    ...                ChatMessage.user("Capital of France?")]
+    ...     second = chat.generate(history)
+    >>> first.message.content, second.message.content, second.reused_cache
+    ('Hello!', 'Paris.', True)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rkllm_core.chat.messages import ChatMessage, InvalidToolCall, ToolCall, ToolSpec
+from rkllm_core.chat.output import OutputParser, ToolCallDelta, ToolFormat
+from rkllm_core.errors import InvalidParameterError, RKLLMError, UnsupportedFeatureError
+
+logger = logging.getLogger("rkllm_core")
+
+Mode = Literal["native", "tokens", "raw"]
+ToolChoice = str  # "auto" | "none" | "required" | "any" | a tool name
+
+TOOL_RESPONSE = "tool_response"
+
+
+@dataclass(frozen=True)
+class ChatUsage:
+    """Tokens of one call: ``input_tokens`` is the whole context the reply was computed on
+    (reused cache plus what was prefilled now), ``prefill_tokens`` what this call prefilled."""
+
+    input_tokens: int
+    output_tokens: int
+    prefill_tokens: int
+    prefill_ms: float
+    decode_ms: float
+    tokens_per_second: float
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class ChatChunk:
+    """One streamed piece of an assistant turn."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    token_id: int | None = None
+
+
+@dataclass
+class ChatResult:
+    """A finished assistant turn.
+
+    ``finish_reason``: ``stop`` (end of turn or a stop sequence), ``tool_calls`` (the turn
+    asks for tools), ``length``, ``abort`` or ``error``.
+    """
+
+    message: ChatMessage
+    invalid_tool_calls: list[InvalidToolCall]
+    finish_reason: str
+    usage: ChatUsage
+    stop_sequence: str | None
+    mode: Mode
+    reused_cache: bool
+    runtime_release: str
+    raw_text: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# What the KV cache of one model holds (shared by every ChatEngine over that model)
+
+
+@dataclass
+class _CacheState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    epoch: int = 0            # bumped by every plan; a finishing run records only its own epoch
+    valid: bool = False
+    key: tuple[Any, ...] | None = None   # how the cache was set up (mode, system, tools)
+    turns: tuple[ChatMessage, ...] = ()  # native: non-system messages in the cache
+    tokens: list[int] = field(default_factory=list)  # tokens mode: ids in the cache
+    text: str = ""            # raw mode: text in the cache
+    size: int | None = None   # kv_cache_size after the last recorded run (1.2.1+)
+    setup: tuple[Any, ...] | None = None  # what set_function_tools / set_chat_template last got
+
+
+_states: weakref.WeakKeyDictionary[Any, _CacheState] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+
+
+def _state_of(model: Any) -> _CacheState:
+    with _states_lock:
+        state = _states.get(model)
+        if state is None:
+            state = _states[model] = _CacheState()
+        return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+
+
+@dataclass
+class _Plan:
+    run_kwargs: dict[str, Any]
+    before: list[Callable[[Any], None]]
+    epoch: int
+    reused: bool
+    reused_tokens: int
+    record: Callable[[_CacheState, list[int], ChatMessage | None, str], None]
+    parser_kwargs: dict[str, Any]
+
+
+def _split_system(messages: Sequence[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
+    system = [m.content for m in messages if m.role == "system"]
+    rest = [m for m in messages if m.role != "system"]
+    return ("\n\n".join(system) if system else None), rest
+
+
+def _trailing_inputs(rest: list[ChatMessage]) -> tuple[list[ChatMessage], list[ChatMessage]]:
+    """(history, new inputs): the last user turn, or the trailing run of tool results."""
+    if not rest:
+        raise InvalidParameterError("the conversation is empty: give at least one user message")
+    last = rest[-1]
+    if last.role == "user":
+        return rest[:-1], [last]
+    if last.role == "tool":
+        k = len(rest)
+        while k > 0 and rest[k - 1].role == "tool":
+            k -= 1
+        return rest[:k], rest[k:]
+    raise InvalidParameterError(
+        "the conversation ends with an assistant turn; the model answers a user or tool "
+        "message: append one (to continue the assistant's text, use tokens or raw mode)")
+
+
+def _tool_results_text(tools: list[ChatMessage]) -> str:
+    """Several tool results in one tool turn, as Rockchip's 1.3.0 server sends them."""
+    if len(tools) == 1:
+        return tools[0].content
+    return json.dumps([{"name": m.name, "tool_call_id": m.tool_call_id, "content": m.content}
+                       for m in tools], ensure_ascii=False)
+
+
+def _transcript(history: Sequence[ChatMessage]) -> str:
+    lines = []
+    for m in history:
+        if m.role == "user":
+            lines.append(f"User: {m.content}")
+        elif m.role == "assistant":
+            calls = "".join(f"\n<tool_call>\n{json.dumps({'name': c.name, 'arguments': dict(c.arguments)}, ensure_ascii=False)}\n</tool_call>"  # noqa: E501
+                            for c in m.tool_calls)
+            lines.append(f"Assistant: {m.content}{calls}")
+        elif m.role == "tool":
+            lines.append(f"Tool result{f' ({m.name})' if m.name else ''}: {m.content}")
+    return "\n".join(lines)
+
+
+def hermes_tool_instructions(tools: Sequence[ToolSpec]) -> str:
+    """The Hermes / Qwen tool block for a system prompt (used where the runtime cannot add it)."""
+    specs = "\n".join(json.dumps(t.to_openai(), ensure_ascii=False) for t in tools)
+    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{specs}\n</tools>\n\nFor each function call, return a json object with "
+            "function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def tool_choice_instruction(tool_choice: ToolChoice, tools: Sequence[ToolSpec]) -> str:
+    """The sentence that asks for a tool call when ``tool_choice`` requires one ("" for auto)."""
+    if tool_choice in ("auto", "none"):
+        return ""
+    if tool_choice in ("required", "any"):
+        return "You must answer with at least one tool call."
+    if tool_choice not in {t.name for t in tools}:
+        raise InvalidParameterError(
+            f"tool_choice {tool_choice!r} names no bound tool; bound tools: "
+            f"{', '.join(t.name for t in tools) or '(none)'}")
+    return f"You must call the tool `{tool_choice}`."
+
+
+class ChatEngine:
+    """Conversations on one :class:`~rkllm_core.RKLLM`, with KV-cache reuse, tools and reasoning.
+
+    Args:
+        model: the loaded model.
+        mode: ``"native"``, ``"tokens"`` or ``"raw"``; default ``tokens`` when ``tokenizer`` is
+            given, else ``native``.
+        preset: a chat template preset name (see :mod:`rkllm_core.chat.templates`) or None to
+            guess from the model file name where a mode needs one.
+        tokenizer: for tokens mode: a :class:`~rkllm_core.chat.tokenizer.ChatTokenizer`, a
+            ``tokenizer.json`` path or a Hugging Face model folder (whose
+            ``tokenizer_config.json`` chat template is then used).
+        tool_format: how the model writes tool calls (default: the preset's, else ``hermes``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage, ToolSpec
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "weather" tools yes reply '
+        ...     '"<tool_call>\\\\n{\\\\"name\\\\": \\\\"get_weather\\\\", \\\\"arguments\\\\": '
+        ...     '{\\\\"city\\\\": \\\\"Paris\\\\"}}\\\\n</tool_call>"\\n')
+        >>> weather = ToolSpec("get_weather", "Weather of a city",
+        ...                    {"type": "object", "properties": {"city": {"type": "string"}}})
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     turn = ChatEngine(llm).generate([ChatMessage.user("Weather in Paris?")],
+        ...                                     tools=[weather])
+        >>> turn.finish_reason, turn.message.tool_calls[0].name
+        ('tool_calls', 'get_weather')
+    """
+
+    def __init__(self, model: Any, *, mode: Mode | None = None, preset: Any = None,
+                 tokenizer: Any = None, tool_format: ToolFormat | None = None) -> None:
+        self.model = model
+        self._state = _state_of(model)
+        self._tokenizer = None
+        self._template: str | None = None
+        self._bos = self._eos = ""
+        self.preset = self._resolve_preset(preset)
+        if tokenizer is not None:
+            self._tokenizer, hf_template = self._load_tokenizer(tokenizer)
+            if hf_template is not None and preset is None:
+                self._template = hf_template
+        if self.preset is not None and self._template is None:
+            self._template = self.preset.template
+            self._bos, self._eos = self.preset.bos_token, self.preset.eos_token
+        self.mode: Mode = mode or ("tokens" if self._tokenizer is not None else "native")
+        if self.mode == "tokens" and self._tokenizer is None:
+            raise InvalidParameterError(
+                "tokens mode needs the model's tokenizer: ChatEngine(model, tokenizer="
+                "'path/to/tokenizer.json' or a Hugging Face model folder)")
+        if self.mode in ("tokens", "raw") and self._template is None:
+            raise InvalidParameterError(
+                f"{self.mode} mode needs a chat template: give preset= (one of the built-in "
+                "presets) or a Hugging Face folder with tokenizer_config.json")
+        if self.mode == "raw" and not model.lib.family.has("rkllm_set_chat_template"):
+            raise UnsupportedFeatureError(
+                "raw mode switches the runtime template off with rkllm_set_chat_template, which "
+                f"needs runtime 1.2.0 or newer; this is {model.lib.release}. Runtime 1.1 takes "
+                "raw text already: use native mode with a preset-rendered prompt")
+        fmt = tool_format or (getattr(self.preset, "tool_call_format", None) if self.preset
+                              else None) or "hermes"
+        self.tool_format: ToolFormat = fmt
+
+    # -- construction helpers --------------------------------------------------------------
+
+    def _resolve_preset(self, preset: Any) -> Any:
+        if preset is None:
+            return None
+        if isinstance(preset, str):
+            from rkllm_core.chat.templates import PRESETS, preset_for
+
+            return PRESETS[preset] if preset in PRESETS else preset_for(preset)
+        return preset
+
+    @staticmethod
+    def _load_tokenizer(tokenizer: Any) -> tuple[Any, str | None]:
+        from pathlib import Path
+
+        from rkllm_core.chat.tokenizer import ChatTokenizer
+
+        if isinstance(tokenizer, ChatTokenizer):
+            return tokenizer, None
+        path = Path(tokenizer)
+        if path.is_dir():
+            from rkllm_core.chat.templates import load_hf_template
+
+            template, _extra = load_hf_template(path)
+            return ChatTokenizer.from_pretrained_dir(path), template
+        if path.suffix == ".gguf":
+            return ChatTokenizer.from_gguf(path), None
+        return ChatTokenizer.from_file(path), None
+
+    # -- public API ------------------------------------------------------------------------
+
+    def stream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+               tool_choice: ToolChoice = "auto", enable_thinking: bool = False,
+               stop: Sequence[str] = (), max_new_tokens: int | None = None,
+               sampling: Any = None, timeout: float | None = None) -> ChatStream:
+        """Start the assistant's turn; iterate the returned :class:`ChatStream` for chunks."""
+        plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
+                          max_new_tokens, sampling)
+        text_stream = self.model.stream(**plan.run_kwargs, before=plan.before, timeout=timeout)
+        return ChatStream(self, plan, text_stream)
+
+    def astream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+                tool_choice: ToolChoice = "auto", enable_thinking: bool = False,
+                stop: Sequence[str] = (), max_new_tokens: int | None = None,
+                sampling: Any = None, timeout: float | None = None) -> AsyncChatStream:
+        """Async :meth:`stream`: ``async for chunk in engine.astream(...)``; never blocks."""
+        plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
+                          max_new_tokens, sampling)
+        text_stream = self.model.astream(**plan.run_kwargs, before=plan.before, timeout=timeout)
+        return AsyncChatStream(self, plan, text_stream)
+
+    def generate(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+                 tool_choice: ToolChoice = "auto", enable_thinking: bool = False,
+                 stop: Sequence[str] = (), max_new_tokens: int | None = None,
+                 sampling: Any = None, timeout: float | None = None,
+                 on_chunk: Callable[[ChatChunk], None] | None = None) -> ChatResult:
+        """The whole assistant turn. With ``tool_choice`` required or a tool name, a turn
+        without a (matching) call gets one retry that repeats the instruction."""
+        kwargs = dict(tools=tools, tool_choice=tool_choice, enable_thinking=enable_thinking,
+                      stop=stop, max_new_tokens=max_new_tokens, sampling=sampling,
+                      timeout=timeout)
+        stream = self.stream(messages, **kwargs)
+        for chunk in stream:
+            if on_chunk is not None:
+                on_chunk(chunk)
+        result = stream.result
+        retry = self._tool_retry(messages, result, tools, tool_choice)
+        if retry is None:
+            return result
+        stream = self.stream(retry, **kwargs)
+        for chunk in stream:
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return stream.result
+
+    async def agenerate(self, messages: Sequence[ChatMessage], *,
+                        tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice = "auto",
+                        enable_thinking: bool = False, stop: Sequence[str] = (),
+                        max_new_tokens: int | None = None, sampling: Any = None,
+                        timeout: float | None = None,
+                        on_chunk: Callable[[ChatChunk], Any] | None = None) -> ChatResult:
+        """Async :meth:`generate`; ``on_chunk`` may be a coroutine function."""
+        kwargs = dict(tools=tools, tool_choice=tool_choice, enable_thinking=enable_thinking,
+                      stop=stop, max_new_tokens=max_new_tokens, sampling=sampling,
+                      timeout=timeout)
+        stream = self.astream(messages, **kwargs)
+        await _consume(stream, on_chunk)
+        result = stream.result
+        retry = self._tool_retry(messages, result, tools, tool_choice)
+        if retry is None:
+            return result
+        stream = self.astream(retry, **kwargs)
+        await _consume(stream, on_chunk)
+        return stream.result
+
+    def generate_structured(
+            self, messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None = None, *,
+            method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+            name: str = "respond", description: str = "", enable_thinking: bool = False,
+            max_new_tokens: int | None = None, sampling: Any = None,
+            timeout: float | None = None) -> tuple[Any, ChatResult]:
+        """A JSON answer for ``schema``: (the parsed value, the turn that gave it).
+
+        ``json_schema`` / ``json_mode`` ask for JSON in the system prompt; ``function_calling``
+        binds one tool whose parameters are the schema and requires a call to it. The value is
+        checked against the schema; a failing reply gets one repair turn, then
+        :class:`~rkllm_core.chat.structured.StructuredOutputError`.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> from rkllm_core.chat import ChatEngine, ChatMessage
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text("RKLLM-SCRIPTED 1\\n" +
+            ...                     r'default reply "{\\"city\\": \\"Paris\\"}"')
+            >>> schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     value, _ = ChatEngine(llm).generate_structured(
+            ...         [ChatMessage.user("Where?")], schema)
+            >>> value
+            {'city': 'Paris'}
+        """
+        from rkllm_core.chat.structured import (
+            StructuredOutputError,
+            check_reply,
+            json_instruction,
+            repair_request,
+            schema_errors,
+        )
+
+        kwargs: dict[str, Any] = dict(enable_thinking=enable_thinking,
+                                      max_new_tokens=max_new_tokens, sampling=sampling,
+                                      timeout=timeout)
+        history = list(messages)
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidParameterError("function_calling needs a schema")
+            tool = ToolSpec(name, description, schema)
+            result = self.generate(history, tools=[tool], tool_choice=name, **kwargs)
+            for attempt in range(2):
+                call = next((c for c in result.message.tool_calls if c.name == name), None)
+                if call is not None:
+                    problems = schema_errors(dict(call.arguments), schema)
+                    if not problems:
+                        return dict(call.arguments), result
+                    error = "; ".join(problems[:5])
+                else:
+                    error = f"no call to the tool `{name}`"
+                if attempt == 0:
+                    history = [*history, result.message, ChatMessage.user(repair_request(error))]
+                    result = self.generate(history, tools=[tool], tool_choice=name, **kwargs)
+            raise StructuredOutputError(f"the model did not produce a valid `{name}` call: "
+                                        f"{error}", result.raw_text)
+        sentence = json_instruction(schema if method == "json_schema" else None)
+        system, rest = _split_system(history)
+        history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
+        result = self.generate(history, **kwargs)
+        wanted = schema if method == "json_schema" else None
+        value, problem = check_reply(result.message.content, wanted)
+        if problem is None:
+            return value, result
+        history = [*history, result.message, ChatMessage.user(repair_request(problem))]
+        result = self.generate(history, **kwargs)
+        value, problem = check_reply(result.message.content, wanted)
+        if problem is None:
+            return value, result
+        raise StructuredOutputError(f"the model's reply is not valid JSON for the schema: "
+                                    f"{problem}", result.raw_text)
+
+    def reset(self) -> None:
+        """Forget what the KV cache holds; the next call replays its conversation."""
+        with self._state.lock:
+            self._state.valid = False
+            self._state.epoch += 1
+
+    # -- tool choice -----------------------------------------------------------------------
+
+    @staticmethod
+    def _tool_retry(messages: Sequence[ChatMessage], result: ChatResult,
+                    tools: Sequence[ToolSpec], tool_choice: ToolChoice) -> list[ChatMessage] | None:
+        if not tools or tool_choice in ("auto", "none") or result.finish_reason in ("abort",
+                                                                                   "error"):
+            return None
+        calls = result.message.tool_calls
+        if tool_choice in ("required", "any"):
+            if calls:
+                return None
+            ask = "Answer with a tool call now, in the format described, and nothing else."
+        else:
+            if calls and all(c.name == tool_choice for c in calls):
+                return None
+            ask = f"Call the tool `{tool_choice}` now, in the format described, and nothing else."
+        return [*messages, result.message, ChatMessage.user(ask)]
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _plan(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec],
+              tool_choice: ToolChoice, enable_thinking: bool, stop: Sequence[str],
+              max_new_tokens: int | None, sampling: Any) -> _Plan:
+        messages = list(messages)
+        for m in messages:
+            if not isinstance(m, ChatMessage):
+                raise InvalidParameterError(
+                    f"messages must be rkllm_core.chat.ChatMessage objects, got {type(m).__name__}")
+        tools = [] if tool_choice == "none" else list(tools)
+        instruction = tool_choice_instruction(tool_choice, tools) if tools else ""
+        if tool_choice not in ("auto", "none") and not tools:
+            raise InvalidParameterError(f"tool_choice={tool_choice!r} needs tools to call")
+        system, rest = _split_system(messages)
+        if instruction:
+            system = f"{system}\n\n{instruction}" if system else instruction
+        preset = self.preset
+        think = bool(preset.supports_thinking) if preset is not None else True
+        starts_in_reasoning = bool(getattr(preset, "prompt_ends_in_thinking", False)) and \
+            enable_thinking
+        stops = list(stop)
+        parser_kwargs: dict[str, Any] = dict(
+            tool_format=self.tool_format if tools else None, think=think,
+            starts_in_reasoning=starts_in_reasoning, stop=stops)
+        base: dict[str, Any] = dict(keep_history=True, max_new_tokens=max_new_tokens,
+                                    sampling=sampling)
+        state = self._state
+        with state.lock:
+            state.epoch += 1
+            if self.mode == "native":
+                plan = self._plan_native(state, system, rest, tools, enable_thinking, base)
+            else:
+                plan = self._plan_rendered(state, system, rest, tools, enable_thinking, base)
+            plan.parser_kwargs = parser_kwargs
+            plan.epoch = state.epoch
+            state.valid = False  # until this run records what the cache then holds
+            return plan
+
+    def _cache_size_unchanged(self, state: _CacheState) -> bool:
+        if state.size is None or not self.model.lib.family.has("rkllm_get_kv_cache_size"):
+            return True
+        try:
+            return bool(self.model.kv_cache_size == state.size)
+        except RKLLMError:
+            return False
+
+    def _plan_native(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
+                     tools: list[ToolSpec], enable_thinking: bool,
+                     base: dict[str, Any]) -> _Plan:
+        history, inputs = _trailing_inputs(rest)
+        lib = self.model.lib
+        can_set_tools = lib.family.has("rkllm_set_function_tools")
+        tools_json = json.dumps([t.to_openai() for t in tools], ensure_ascii=False)
+        key = ("native", system, tools_json)
+        reused = (state.valid and state.key == key and len(state.turns) == len(history)
+                  and all(a.same_turn(b) for a, b in zip(state.turns, history, strict=True))
+                  and self._cache_size_unchanged(state))
+        before: list[Callable[[Any], None]] = []
+        fold_system = ""
+        if not reused:
+            setup = (system, tools_json)
+            if can_set_tools and (system is not None or tools or state.setup is not None):
+                if state.setup != setup:
+                    before.append(self._set_tools_call(system or "", tools_json))
+                    state.setup = setup
+            elif system is not None or tools:
+                # no runtime call for a system prompt: write it (and the tools) into the turn
+                parts = [system or ""] + ([hermes_tool_instructions(tools)] if tools else [])
+                fold_system = "\n\n".join(p for p in parts if p)
+            if lib.family.has("rkllm_clear_kv_cache"):
+                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
+                                                    "rkllm_clear_kv_cache"))
+        if reused:
+            role = inputs[0].role
+            text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
+        elif history or fold_system:
+            role = "user"
+            parts = [fold_system] if fold_system else []
+            if history:
+                parts.append("Earlier in this conversation:\n" + _transcript(history))
+            if inputs[0].role == "tool":
+                parts.append("Tool results:\n" + _tool_results_text(inputs))
+            else:
+                parts.append(inputs[0].content if not history
+                             else "Now the user says: " + inputs[0].content)
+            text = "\n\n".join(parts)
+        else:
+            role = inputs[0].role
+            text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
+        if role == "tool" and not lib.family.has("rkllm_set_function_tools"):
+            role, text = "user", "Tool results:\n" + text
+        images = inputs[0].images if inputs[0].role == "user" else ()
+        run_kwargs = dict(base, prompt=text, role=role, enable_thinking=enable_thinking)
+        if images:
+            run_kwargs["image"] = self._image_input(images)
+        reused_tokens = state.size or 0 if reused else 0
+        turns_before = tuple(rest)
+
+        def record(state: _CacheState, _ids: list[int], reply: ChatMessage | None,
+                   _raw: str) -> None:
+            if reply is None:
+                state.valid = False
+                return
+            state.key = key
+            state.turns = (*turns_before, reply)
+            state.valid = True
+
+        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {})
+
+    def _set_tools_call(self, system: str, tools_json: str) -> Callable[[Any], None]:
+        lib = self.model.lib
+
+        def call(handle: Any) -> None:
+            self._check(lib.set_function_tools(handle, system.encode(), tools_json.encode(),
+                                               TOOL_RESPONSE.encode()),
+                        "rkllm_set_function_tools",
+                        "the model needs its own chat template for tools (rknn-llm issue 397); "
+                        "use tokens or raw mode with a preset")
+        return call
+
+    @staticmethod
+    def _check(code: int, function: str, hint: str = "") -> None:
+        if code != 0:
+            raise RKLLMError(f"{function} returned {code}" + (f": {hint}" if hint else ""))
+
+    def _image_input(self, images: Sequence[Any]) -> Any:
+        import numpy as np
+
+        from rkllm_core.model import ImageInput
+
+        arrays = [np.asarray(i, dtype=np.float32) for i in images]
+        return ImageInput(np.concatenate(arrays, axis=0), n_images=len(arrays),
+                          n_image_tokens=arrays[0].shape[0])
+
+    def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (),
+               enable_thinking: bool = False) -> str:
+        """The prompt text tokens and raw modes send for ``messages``.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> from rkllm_core.chat import ChatEngine, ChatMessage
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     text = ChatEngine(llm, mode="raw", preset="chatml").render(
+            ...         [ChatMessage.user("Hi")])
+            >>> text.endswith("<|im_start|>assistant\\n")
+            True
+        """
+        from rkllm_core.chat.templates import render_chat
+
+        if self._template is None:
+            raise InvalidParameterError("no chat template: give preset= or a tokenizer folder")
+        return render_chat(self._template, [m.to_openai() for m in messages],
+                           tools=[t.to_openai() for t in tools] or None,
+                           add_generation_prompt=True, enable_thinking=enable_thinking,
+                           bos_token=self._bos, eos_token=self._eos)
+
+    def _plan_rendered(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
+                       tools: list[ToolSpec], enable_thinking: bool,
+                       base: dict[str, Any]) -> _Plan:
+        _trailing_inputs(rest)  # validates the last message
+        messages = ([ChatMessage.system(system)] if system is not None else []) + rest
+        text = self.render(messages, tools, enable_thinking)
+        lib = self.model.lib
+        before: list[Callable[[Any], None]] = []
+        key: tuple[Any, ...] = (self.mode,)
+        same_setup = state.valid and state.key == key and self._cache_size_unchanged(state)
+        if self.mode == "tokens":
+            assert self._tokenizer is not None
+            ids = list(self._tokenizer.encode(text, parse_special=True))
+            cached = state.tokens if same_setup else []
+            common = 0
+            for a, b in zip(cached, ids, strict=False):
+                if a != b:
+                    break
+                common += 1
+            if common == len(ids):  # nothing new: recompute the last token for its logits
+                common -= 1
+            can_cut = lib.family.has("rkllm_get_kv_cache_size")
+            if common < len(cached) and not (can_cut and common > 0):
+                common = 0
+            if common == 0:
+                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
+                                                    "rkllm_clear_kv_cache"))
+            elif common < len(cached):
+                start, end = ctypes_int(common), ctypes_int(len(cached))
+                before.append(lambda h: self._check(lib.clear_kv_cache(h, False, start, end),
+                                                    "rkllm_clear_kv_cache"))
+            run_kwargs = dict(base, tokens=ids[common:])
+            reused, reused_tokens = common > 0, common
+
+            def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
+                       raw: str) -> None:
+                state.key = key
+                state.tokens = ids + [t for t in generated if t >= 0]
+                state.valid = True
+        else:
+            cached_text = state.text if same_setup else ""
+            if cached_text and text.startswith(cached_text) and len(text) > len(cached_text):
+                new_text, reused, reused_tokens = text[len(cached_text):], True, state.size or 0
+            else:
+                new_text, reused, reused_tokens = text, False, 0
+                if state.setup != ("raw",):
+                    before.append(lambda h: self._check(
+                        lib.set_chat_template(h, b"", b"", b""), "rkllm_set_chat_template"))
+                    state.setup = ("raw",)
+                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
+                                                    "rkllm_clear_kv_cache"))
+            run_kwargs = dict(base, prompt=new_text, role="user",
+                              enable_thinking=enable_thinking)
+
+            def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
+                       raw: str) -> None:
+                if reply is None:
+                    state.valid = False
+                    return
+                state.key = key
+                state.text = text + raw
+                state.valid = True
+        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {})
+
+    # -- finishing a turn ------------------------------------------------------------------
+
+    def _finish(self, plan: _Plan, parser: OutputParser, generation: Any,
+                error: BaseException | None) -> ChatResult:
+        parsed = parser.finish_result()
+        finish = generation.finish_reason if generation is not None else "error"
+        if parsed.stop_sequence is not None:
+            finish = "stop"
+        elif parsed.tool_calls and finish == "stop":
+            finish = "tool_calls"
+        reply = ChatMessage.assistant(parsed.content, tool_calls=parsed.tool_calls,
+                                      reasoning=parsed.reasoning or None)
+        raw_text = generation.text if generation is not None else ""
+        clean_end = generation is not None and generation.finish_reason == "stop" and \
+            parsed.stop_sequence is None
+        state = self._state
+        with state.lock:
+            if state.epoch == plan.epoch:
+                ids = list(generation.token_ids) if generation is not None else []
+                # tokens mode knows the exact ids even after a stop or abort; text modes only
+                # know a cleanly ended turn
+                if self.mode == "tokens" and generation is not None:
+                    plan.record(state, ids, reply, raw_text)
+                else:
+                    plan.record(state, ids, reply if clean_end else None, raw_text)
+                state.size = self._kv_size()
+        perf = generation.perf if generation is not None else None
+        prefill = (perf.prefill_tokens or 0) if perf is not None else 0
+        usage = ChatUsage(
+            input_tokens=plan.reused_tokens + prefill,
+            output_tokens=perf.decode_tokens if perf is not None else 0,
+            prefill_tokens=prefill,
+            prefill_ms=perf.prefill_ms if perf is not None else 0.0,
+            decode_ms=perf.decode_ms if perf is not None else 0.0,
+            tokens_per_second=perf.tokens_per_second if perf is not None else 0.0)
+        return ChatResult(reply, parsed.invalid_tool_calls, finish, usage, parsed.stop_sequence,
+                          self.mode, plan.reused, self.model.lib.release, raw_text)
+
+    def _kv_size(self) -> int | None:
+        if not self.model.lib.family.has("rkllm_get_kv_cache_size"):
+            return None
+        try:
+            return int(self.model.kv_cache_size)
+        except RKLLMError:
+            return None
+
+
+async def _consume(stream: AsyncChatStream, on_chunk: Callable[[ChatChunk], Any] | None) -> None:
+    async for chunk in stream:
+        if on_chunk is not None:
+            value = on_chunk(chunk)
+            if inspect.isawaitable(value):
+                await value
+
+
+def ctypes_int(value: int) -> Any:
+    """A one-element C int array (the per-batch position arrays of rkllm_clear_kv_cache)."""
+    import ctypes
+
+    return (ctypes.c_int * 1)(value)
+
+
+class _ChatStreamBase:
+    def __init__(self, engine: ChatEngine, plan: _Plan, text_stream: Any) -> None:
+        self._engine = engine
+        self._plan = plan
+        self._text = text_stream
+        self._parser = OutputParser(**plan.parser_kwargs)
+        self._result: ChatResult | None = None
+
+    @property
+    def result(self) -> ChatResult:
+        """The finished turn; available once the stream was iterated to its end."""
+        if self._result is None:
+            raise RKLLMError("the turn has not finished: iterate the stream to its end first")
+        return self._result
+
+    def _chunk(self, piece: Any) -> ChatChunk | None:
+        delta = self._parser.feed(piece.text)
+        if self._parser.stopped:
+            self._text.abort()
+        if not delta:
+            return None
+        return ChatChunk(delta.content, delta.reasoning, delta.tool_calls, piece.token_id)
+
+    def _tail(self, generation: Any, error: BaseException | None) -> ChatChunk | None:
+        delta = self._parser.finish()
+        self._result = self._engine._finish(self._plan, self._parser, generation, error)
+        if not delta:
+            return None
+        return ChatChunk(delta.content, delta.reasoning, delta.tool_calls, None)
+
+
+class ChatStream(_ChatStreamBase):
+    """Chunks of one assistant turn as the model produces them; ``result`` at the end.
+
+    Leaving the loop early (``break``, an exception) aborts the run; the model stays usable and
+    the next turn replays what the cache no longer holds.
+    """
+
+    def __iter__(self) -> Iterator[ChatChunk]:
+        try:
+            for piece in self._text:
+                chunk = self._chunk(piece)
+                if chunk is not None:
+                    yield chunk
+                if self._parser.stopped:
+                    break
+        except BaseException as exc:
+            self._text.abort()
+            self._engine._finish(self._plan, self._parser, None, exc)
+            raise
+        if self._parser.stopped:
+            self._text.close()  # the run was aborted at the stop sequence: wait for its end
+        generation = self._text.result
+        tail = self._tail(generation, None)
+        if tail is not None:
+            yield tail
+
+
+class AsyncChatStream(_ChatStreamBase):
+    """The asyncio twin of :class:`ChatStream`."""
+
+    async def _iterate(self) -> AsyncIterator[ChatChunk]:
+        try:
+            async for piece in self._text:
+                chunk = self._chunk(piece)
+                if chunk is not None:
+                    yield chunk
+                if self._parser.stopped:
+                    break
+            if self._parser.stopped:
+                await self._text.aclose()
+        except BaseException as exc:
+            self._text.abort()
+            self._engine._finish(self._plan, self._parser, None, exc)
+            raise
+        tail = self._tail(self._text.result, None)
+        if tail is not None:
+            yield tail
+
+    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        return self._iterate()
+
+
+__all__ = ["AsyncChatStream", "ChatChunk", "ChatEngine", "ChatResult", "ChatStream",
+           "ChatUsage", "ToolCall", "hermes_tool_instructions", "tool_choice_instruction"]

@@ -1,0 +1,56 @@
+"""One loaded model per file and settings per process, shared by every adapter object.
+
+An NPU holds a model once; loading it twice costs memory the board may not have (and a failed
+second init can crash runtime 1.3.0, rknn-llm issue 522). ``ChatRKLLM``, ``RKLLM`` (LLM) and the
+embeddings classes of both adapters ask here, so objects that name the same file and settings
+share one :class:`~rkllm_core.RKLLM`. A model is freed when no object uses it any more.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from rkllm_core.shared import shared_model
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+    >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
+    >>> a = shared_model(path, library="host", max_context_len=512)
+    >>> b = shared_model(str(path), library="host", max_context_len=512)
+    >>> a is b
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+from rkllm_core.model import RKLLM
+
+_models: weakref.WeakValueDictionary[str, RKLLM] = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+
+
+def _key(model_path: str | os.PathLike[str], library: Any, runtime_version: str | None,
+         params: dict[str, Any]) -> str:
+    path = str(Path(model_path).expanduser().resolve())
+    lib = library if isinstance(library, str) or library is None else str(library)
+    return json.dumps([path, lib, runtime_version, params], sort_keys=True, default=str)
+
+
+def shared_model(model_path: str | os.PathLike[str], *, library: Any = None,
+                 runtime_version: str | None = None, **params: Any) -> RKLLM:
+    """The process's :class:`~rkllm_core.RKLLM` for this file and these settings.
+
+    ``params`` are :class:`~rkllm_core.ModelParams` fields (``max_context_len``, ``top_k``...)
+    and ``extend`` (an :class:`~rkllm_core.ExtendParams`).
+    """
+    clean = {k: v for k, v in params.items() if v is not None}
+    key = _key(model_path, library, runtime_version,
+               {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in clean.items()})
+    with _lock:
+        model = _models.get(key)
+        if model is None or model.closed:
+            model = RKLLM(model_path, library=library, runtime_version=runtime_version, **clean)
+            _models[key] = model
+        return model
