@@ -5,6 +5,7 @@ Examples (shell)::
     rkllm host build                 # every family, the GGUF engine when llama.cpp is installed
     rkllm host build --family 1.2.1 --force
     rkllm info --library /usr/lib/librkllmrt.so
+    rkllm chat "What is the capital of France?"   # RKLLM_MODEL_PATH on a board, else SmolLM2
 """
 
 from __future__ import annotations
@@ -44,6 +45,46 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from rkllm_core.chat import ChatEngine, ChatMessage
+    from rkllm_core.model import RKLLM
+    from rkllm_core.quickstart import pick_model
+
+    choice = pick_model()
+    if args.model:
+        choice = pick_model({"RKLLM_MODEL_PATH": args.model,
+                             **({"RKLLM_LIBRARY_PATH": args.library} if args.library else {})})
+    print(choice.note, file=sys.stderr)
+    with RKLLM(choice.model_path, library=args.library or choice.library,
+               runtime_version=args.runtime_version, max_context_len=args.max_context_len,
+               max_new_tokens=args.max_new_tokens) as llm:
+        engine = ChatEngine(llm)
+        history = [ChatMessage.system(args.system)] if args.system else []
+        prompts = [args.prompt] if args.prompt else None
+        while True:
+            if prompts is not None:
+                if not prompts:
+                    return 0
+                text = prompts.pop(0)
+            else:
+                try:
+                    text = input("> ")
+                except EOFError:
+                    return 0
+                if not text.strip():
+                    continue
+            history.append(ChatMessage.user(text))
+            stream = engine.stream(history, enable_thinking=args.think)
+            for chunk in stream:
+                print(chunk.content, end="", flush=True)
+            turn = stream.result
+            u = turn.usage
+            print()
+            print(f"[{turn.finish_reason}; prefill {u.prefill_tokens} tokens, "
+                  f"{u.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+            history.append(turn.message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``rkllm`` (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="rkllm", description=__doc__.splitlines()[0])
@@ -62,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build the scripted engine only")
     build.set_defaults(func=_cmd_host_build)
 
-    for name, func, text in (("info", _cmd_info, "show which runtime is found and its release"),):
+    for name, func, text in (("info", _cmd_info, "show which runtime is found and its release"),
+                             ("chat", _cmd_chat, "chat in the terminal (streamed)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--library", default=None,
                        help="librkllmrt.so path, or 'host' (default: RKLLM_LIBRARY_PATH, then "
@@ -70,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runtime-version", default=None,
                        help="runtime release when detection should not decide (e.g. 1.2.3)")
         p.set_defaults(func=func)
+        if name == "chat":
+            p.add_argument("prompt", nargs="?", default=None,
+                           help="one question (default: an interactive chat)")
+            p.add_argument("--model", default=None,
+                           help="model file (default: RKLLM_MODEL_PATH, else SmolLM2 on the host "
+                                "runtime)")
+            p.add_argument("--system", default=None, help="a system prompt")
+            p.add_argument("--think", action="store_true", help="enable thinking")
+            p.add_argument("--max-context-len", type=int, default=2048)
+            p.add_argument("--max-new-tokens", type=int, default=256)
     return parser
 
 
