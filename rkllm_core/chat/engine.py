@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 from rkllm_core.chat.messages import ChatMessage, InvalidToolCall, ToolCall, ToolSpec
 from rkllm_core.chat.output import OutputParser, ToolCallDelta, ToolFormat
-from rkllm_core.errors import InvalidParameterError, RKLLMError, UnsupportedFeatureError
+from rkllm_core.errors import InvalidParameterError, RKLLMError
 
 logger = logging.getLogger("rkllm_core")
 
@@ -152,6 +152,12 @@ class _Plan:
     reused_tokens: int
     record: Callable[[_CacheState, list[int], ChatMessage | None, str], None]
     parser_kwargs: dict[str, Any]
+    sent_tokens: int | None = None  # tokens mode: how many ids this run sends
+
+
+def _forget(state: _CacheState, generated: list[int], reply: ChatMessage | None,
+            raw: str) -> None:
+    state.valid = False
 
 
 def _split_system(messages: Sequence[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
@@ -269,6 +275,9 @@ class ChatEngine:
             self._template = self.preset.template
             self._bos, self._eos = self.preset.bos_token, self.preset.eos_token
         self.mode: Mode = mode or ("tokens" if self._tokenizer is not None else "native")
+        if mode is None and self.mode == "native" and self._template is not None and \
+                not model.lib.family.has("rkllm_set_chat_template"):
+            self.mode = "raw"  # runtime 1.1 has no template of its own: render the preset
         if self.mode == "tokens" and self._tokenizer is None:
             raise InvalidParameterError(
                 "tokens mode needs the model's tokenizer: ChatEngine(model, tokenizer="
@@ -277,11 +286,8 @@ class ChatEngine:
             raise InvalidParameterError(
                 f"{self.mode} mode needs a chat template: give preset= (one of the built-in "
                 "presets) or a Hugging Face folder with tokenizer_config.json")
-        if self.mode == "raw" and not model.lib.family.has("rkllm_set_chat_template"):
-            raise UnsupportedFeatureError(
-                "raw mode switches the runtime template off with rkllm_set_chat_template, which "
-                f"needs runtime 1.2.0 or newer; this is {model.lib.release}. Runtime 1.1 takes "
-                "raw text already: use native mode with a preset-rendered prompt")
+        # runtime 1.1 keeps no history and applies no template: it takes the prompt as written
+        self._stateful = model.lib.family.has("rkllm_clear_kv_cache")
         fmt = tool_format or (getattr(self.preset, "tool_call_format", None) if self.preset
                               else None) or "hermes"
         self.tool_format: ToolFormat = fmt
@@ -505,8 +511,8 @@ class ChatEngine:
         parser_kwargs: dict[str, Any] = dict(
             tool_format=self.tool_format if tools else None, think=think,
             starts_in_reasoning=starts_in_reasoning, stop=stops)
-        base: dict[str, Any] = dict(keep_history=True, max_new_tokens=max_new_tokens,
-                                    sampling=sampling)
+        base: dict[str, Any] = dict(keep_history=self._stateful,
+                                    max_new_tokens=max_new_tokens, sampling=sampling)
         state = self._state
         with state.lock:
             state.epoch += 1
@@ -517,6 +523,8 @@ class ChatEngine:
             plan.parser_kwargs = parser_kwargs
             plan.epoch = state.epoch
             state.valid = False  # until this run records what the cache then holds
+            if not self._stateful:  # 1.1 keeps no history: every call sends everything
+                plan.record = _forget
             return plan
 
     def _cache_size_unchanged(self, state: _CacheState) -> bool:
@@ -550,7 +558,7 @@ class ChatEngine:
                 # no runtime call for a system prompt: write it (and the tools) into the turn
                 parts = [system or ""] + ([hermes_tool_instructions(tools)] if tools else [])
                 fold_system = "\n\n".join(p for p in parts if p)
-            if lib.family.has("rkllm_clear_kv_cache"):
+            if self._stateful:
                 before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
                                                     "rkllm_clear_kv_cache"))
         if reused:
@@ -652,8 +660,14 @@ class ChatEngine:
         same_setup = state.valid and state.key == key and self._cache_size_unchanged(state)
         if self.mode == "tokens":
             assert self._tokenizer is not None
-            ids = list(self._tokenizer.encode(text, parse_special=True))
             cached = state.tokens if same_setup else []
+            if cached and state.text and text.startswith(state.text):
+                # the conversation extends what the cache holds: keep the model's own reply
+                # tokens (re-tokenizing its text may split it differently) and add the rest
+                ids = cached + list(self._tokenizer.encode(text[len(state.text):],
+                                                           parse_special=True))
+            else:
+                ids = list(self._tokenizer.encode(text, parse_special=True))
             common = 0
             for a, b in zip(cached, ids, strict=False):
                 if a != b:
@@ -664,20 +678,22 @@ class ChatEngine:
             can_cut = lib.family.has("rkllm_get_kv_cache_size")
             if common < len(cached) and not (can_cut and common > 0):
                 common = 0
-            if common == 0:
+            if common == 0 and self._stateful:
                 before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
                                                     "rkllm_clear_kv_cache"))
-            elif common < len(cached):
+            elif 0 < common < len(cached):
                 start, end = ctypes_int(common), ctypes_int(len(cached))
                 before.append(lambda h: self._check(lib.clear_kv_cache(h, False, start, end),
                                                     "rkllm_clear_kv_cache"))
             run_kwargs = dict(base, tokens=ids[common:])
             reused, reused_tokens = common > 0, common
+            sent: int | None = len(ids) - common
 
             def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
                        raw: str) -> None:
                 state.key = key
                 state.tokens = ids + [t for t in generated if t >= 0]
+                state.text = text + raw
                 state.valid = True
         else:
             cached_text = state.text if same_setup else ""
@@ -685,14 +701,16 @@ class ChatEngine:
                 new_text, reused, reused_tokens = text[len(cached_text):], True, state.size or 0
             else:
                 new_text, reused, reused_tokens = text, False, 0
-                if state.setup != ("raw",):
+                if state.setup != ("raw",) and lib.family.has("rkllm_set_chat_template"):
                     before.append(lambda h: self._check(
                         lib.set_chat_template(h, b"", b"", b""), "rkllm_set_chat_template"))
                     state.setup = ("raw",)
-                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
-                                                    "rkllm_clear_kv_cache"))
+                if self._stateful:
+                    before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
+                                                        "rkllm_clear_kv_cache"))
             run_kwargs = dict(base, prompt=new_text, role="user",
                               enable_thinking=enable_thinking)
+            sent = None
 
             def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
                        raw: str) -> None:
@@ -702,7 +720,7 @@ class ChatEngine:
                 state.key = key
                 state.text = text + raw
                 state.valid = True
-        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {})
+        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {}, sent)
 
     # -- finishing a turn ------------------------------------------------------------------
 
@@ -731,7 +749,10 @@ class ChatEngine:
                     plan.record(state, ids, reply if clean_end else None, raw_text)
                 state.size = self._kv_size()
         perf = generation.perf if generation is not None else None
-        prefill = (perf.prefill_tokens or 0) if perf is not None else 0
+        # before 1.2.1 the runtime reports no prefill count; tokens mode knows what it sent
+        prefill = perf.prefill_tokens if perf is not None else None
+        if prefill is None:
+            prefill = plan.sent_tokens or 0
         usage = ChatUsage(
             input_tokens=plan.reused_tokens + prefill,
             output_tokens=perf.decode_tokens if perf is not None else 0,
