@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
 import threading
@@ -153,6 +154,15 @@ class _Plan:
     record: Callable[[_CacheState, list[int], ChatMessage | None, str], None]
     parser_kwargs: dict[str, Any]
     sent_tokens: int | None = None  # tokens mode: how many ids this run sends
+    size_before: list[int | None] = field(default_factory=lambda: [None])  # read on the worker
+
+
+class _StaleCache(RKLLMError):
+    """The KV cache no longer holds what the engine recorded (cleared, or trimmed when full)."""
+
+
+#: How far the runtime's KV size may differ from the engine's count (an end token or two).
+_SIZE_SLACK = 2
 
 
 def _forget(state: _CacheState, generated: list[int], reply: ChatMessage | None,
@@ -328,20 +338,24 @@ class ChatEngine:
                stop: Sequence[str] = (), max_new_tokens: int | None = None,
                sampling: Any = None, timeout: float | None = None) -> ChatStream:
         """Start the assistant's turn; iterate the returned :class:`ChatStream` for chunks."""
-        plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
-                          max_new_tokens, sampling)
-        text_stream = self.model.stream(**plan.run_kwargs, before=plan.before, timeout=timeout)
-        return ChatStream(self, plan, text_stream)
+        def start() -> tuple[_Plan, Any]:
+            plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
+                              max_new_tokens, sampling)
+            return plan, self.model.stream(**plan.run_kwargs, before=plan.before,
+                                           timeout=timeout)
+        return ChatStream(self, start)
 
     def astream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
                 tool_choice: ToolChoice = "auto", enable_thinking: bool = False,
                 stop: Sequence[str] = (), max_new_tokens: int | None = None,
                 sampling: Any = None, timeout: float | None = None) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for chunk in engine.astream(...)``; never blocks."""
-        plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
-                          max_new_tokens, sampling)
-        text_stream = self.model.astream(**plan.run_kwargs, before=plan.before, timeout=timeout)
-        return AsyncChatStream(self, plan, text_stream)
+        def start() -> tuple[_Plan, Any]:
+            plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
+                              max_new_tokens, sampling)
+            return plan, self.model.astream(**plan.run_kwargs, before=plan.before,
+                                            timeout=timeout)
+        return AsyncChatStream(self, start)
 
     def generate(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
                  tool_choice: ToolChoice = "auto", enable_thinking: bool = False,
@@ -522,18 +536,35 @@ class ChatEngine:
                 plan = self._plan_rendered(state, system, rest, tools, enable_thinking, base)
             plan.parser_kwargs = parser_kwargs
             plan.epoch = state.epoch
+            if self.model.lib.family.has("rkllm_get_kv_cache_size"):
+                plan.before.append(self._size_hook(plan, plan.reused_tokens if plan.reused
+                                                   else None))
             state.valid = False  # until this run records what the cache then holds
             if not self._stateful:  # 1.1 keeps no history: every call sends everything
                 plan.record = _forget
             return plan
 
-    def _cache_size_unchanged(self, state: _CacheState) -> bool:
-        if state.size is None or not self.model.lib.family.has("rkllm_get_kv_cache_size"):
-            return True
-        try:
-            return bool(self.model.kv_cache_size == state.size)
-        except RKLLMError:
-            return False
+    def _size_hook(self, plan: _Plan, expected: int | None) -> Callable[[Any], None]:
+        """Runs last before the run, on the worker: reads the KV size the run starts from and,
+        when the plan reuses the cache, checks it still holds what the engine recorded."""
+        import ctypes
+
+        lib = self.model.lib
+        limit = int(self.model.params.max_context_len)
+
+        def hook(handle: Any) -> None:
+            sizes = (ctypes.c_int * 1)()
+            if lib.get_kv_cache_size(handle, sizes) != 0:
+                return
+            plan.size_before[0] = sizes[0]
+            # a conversation that outgrew the context was trimmed by the runtime itself (it
+            # drops older positions and keeps going): that cache is still this conversation's
+            trimmed = expected is not None and expected >= limit - _SIZE_SLACK and \
+                0 < sizes[0] < expected
+            if expected is not None and not trimmed and abs(sizes[0] - expected) > _SIZE_SLACK:
+                raise _StaleCache(f"the KV cache holds {sizes[0]} positions, the conversation "
+                                  f"{expected}: it was cleared or trimmed; replaying")
+        return hook
 
     def _plan_native(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
                      tools: list[ToolSpec], enable_thinking: bool,
@@ -544,8 +575,7 @@ class ChatEngine:
         tools_json = json.dumps([t.to_openai() for t in tools], ensure_ascii=False)
         key = ("native", system, tools_json)
         reused = (state.valid and state.key == key and len(state.turns) == len(history)
-                  and all(a.same_turn(b) for a, b in zip(state.turns, history, strict=True))
-                  and self._cache_size_unchanged(state))
+                  and all(a.same_turn(b) for a, b in zip(state.turns, history, strict=True)))
         before: list[Callable[[Any], None]] = []
         fold_system = ""
         if not reused:
@@ -584,7 +614,7 @@ class ChatEngine:
         run_kwargs = dict(base, prompt=text, role=role, enable_thinking=enable_thinking)
         if images:
             run_kwargs["image"] = self._image_input(images)
-        reused_tokens = state.size or 0 if reused else 0
+        reused_tokens = (state.size or 0) if reused else 0
         turns_before = tuple(rest)
 
         def record(state: _CacheState, _ids: list[int], reply: ChatMessage | None,
@@ -657,7 +687,7 @@ class ChatEngine:
         lib = self.model.lib
         before: list[Callable[[Any], None]] = []
         key: tuple[Any, ...] = (self.mode,)
-        same_setup = state.valid and state.key == key and self._cache_size_unchanged(state)
+        same_setup = state.valid and state.key == key
         if self.mode == "tokens":
             assert self._tokenizer is not None
             cached = state.tokens if same_setup else []
@@ -747,14 +777,15 @@ class ChatEngine:
                     plan.record(state, ids, reply, raw_text)
                 else:
                     plan.record(state, ids, reply if clean_end else None, raw_text)
-                state.size = self._kv_size()
+                state.size = self._size_after(plan, generation)
         perf = generation.perf if generation is not None else None
         # before 1.2.1 the runtime reports no prefill count; tokens mode knows what it sent
         prefill = perf.prefill_tokens if perf is not None else None
         if prefill is None:
             prefill = plan.sent_tokens or 0
         usage = ChatUsage(
-            input_tokens=plan.reused_tokens + prefill,
+            input_tokens=(plan.size_before[0] if plan.size_before[0] is not None
+                          else plan.reused_tokens) + prefill,
             output_tokens=perf.decode_tokens if perf is not None else 0,
             prefill_tokens=prefill,
             prefill_ms=perf.prefill_ms if perf is not None else 0.0,
@@ -763,13 +794,14 @@ class ChatEngine:
         return ChatResult(reply, parsed.invalid_tool_calls, finish, usage, parsed.stop_sequence,
                           self.mode, plan.reused, self.model.lib.release, raw_text)
 
-    def _kv_size(self) -> int | None:
-        if not self.model.lib.family.has("rkllm_get_kv_cache_size"):
+    @staticmethod
+    def _size_after(plan: _Plan, generation: Any) -> int | None:
+        """The KV size after the run: where it started, plus what was prefilled and made."""
+        perf = generation.perf if generation is not None else None
+        start = plan.size_before[0]
+        if start is None or perf is None or perf.prefill_tokens is None:
             return None
-        try:
-            return int(self.model.kv_cache_size)
-        except RKLLMError:
-            return None
+        return int(start + perf.prefill_tokens + perf.decode_tokens)
 
 
 async def _consume(stream: AsyncChatStream, on_chunk: Callable[[ChatChunk], Any] | None) -> None:
@@ -788,12 +820,19 @@ def ctypes_int(value: int) -> Any:
 
 
 class _ChatStreamBase:
-    def __init__(self, engine: ChatEngine, plan: _Plan, text_stream: Any) -> None:
+    def __init__(self, engine: ChatEngine, start: Callable[[], tuple[_Plan, Any]]) -> None:
         self._engine = engine
-        self._plan = plan
-        self._text = text_stream
-        self._parser = OutputParser(**plan.parser_kwargs)
+        self._start = start
+        self._plan, self._text = start()
+        self._parser = OutputParser(**self._plan.parser_kwargs)
         self._result: ChatResult | None = None
+
+    def _replay(self) -> None:
+        """The cache was not what the engine recorded: forget it and start the turn again."""
+        logger.info("the KV cache changed behind the chat engine; replaying the conversation")
+        self._engine.reset()
+        self._plan, self._text = self._start()
+        self._parser = OutputParser(**self._plan.parser_kwargs)
 
     @property
     def result(self) -> ChatResult:
@@ -827,7 +866,12 @@ class ChatStream(_ChatStreamBase):
 
     def __iter__(self) -> Iterator[ChatChunk]:
         try:
-            for piece in self._text:
+            try:
+                first = next(iter(self._text), None)
+            except _StaleCache:
+                self._replay()
+                first = next(iter(self._text), None)
+            for piece in itertools.chain([first] if first is not None else [], self._text):
                 chunk = self._chunk(piece)
                 if chunk is not None:
                     yield chunk
@@ -850,7 +894,18 @@ class AsyncChatStream(_ChatStreamBase):
 
     async def _iterate(self) -> AsyncIterator[ChatChunk]:
         try:
+            try:
+                first = await anext(aiter(self._text), None)
+            except _StaleCache:
+                self._replay()
+                first = await anext(aiter(self._text), None)
+            if first is not None:
+                chunk = self._chunk(first)
+                if chunk is not None:
+                    yield chunk
             async for piece in self._text:
+                if self._parser.stopped:
+                    break
                 chunk = self._chunk(piece)
                 if chunk is not None:
                     yield chunk

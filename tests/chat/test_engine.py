@@ -199,3 +199,32 @@ def test_a_conversation_must_end_with_a_user_or_tool_message(llm: RKLLM) -> None
         ChatEngine(llm).generate([ChatMessage.user("Hi"), ChatMessage.assistant("Hello")])
     with pytest.raises(InvalidParameterError, match="empty"):
         ChatEngine(llm).generate([])
+
+
+def test_a_cache_cleared_behind_the_engines_back_is_detected_and_replayed(llm: RKLLM) -> None:
+    chat = ChatEngine(llm)
+    first = chat.generate([ChatMessage.user("My name is Alice.")])
+    llm.clear_kv_cache()  # someone else used the model directly
+    history = [ChatMessage.user("My name is Alice."), first.message,
+               ChatMessage.user("What is my name?")]
+    again = chat.generate(history)
+    assert again.message.content == "Your name is Alice."
+    assert not again.reused_cache  # the engine noticed and replayed
+
+
+def test_a_conversation_longer_than_the_context_stays_correct(tmp_path: Path) -> None:
+    path = tmp_path / "small.scripted"
+    path.write_text(MODEL)
+    with RKLLM(path, library="host", max_context_len=160) as small:
+        chat = ChatEngine(small)
+        history = [ChatMessage.user("My name is Alice.")]
+        for k in range(12):  # overflows 160 positions: the runtime trims its cache
+            turn = chat.generate(history)
+            history += [turn.message, ChatMessage.user(f"Here is a rather long fact {k}.")]
+            assert small.kv_cache_size <= 160
+        # the runtime trimmed its cache as it does on the NPU; the engine kept going with it
+        # instead of replaying a history that no longer fits
+        assert turn.reused_cache
+        history[-1] = ChatMessage.user("What is my name?")
+        assert chat.generate(history).message.content in ("Your name is Alice.",
+                                                          "I do not know.")
