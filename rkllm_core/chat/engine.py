@@ -738,8 +738,9 @@ class ChatEngine:
                 if self._stateful:
                     before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
                                                         "rkllm_clear_kv_cache"))
-            run_kwargs = dict(base, prompt=new_text, role="user",
-                              enable_thinking=enable_thinking)
+            # thinking is in the rendered text; the runtime's flag is off after
+            # rkllm_set_chat_template anyway (and absent before 1.2.1)
+            run_kwargs = dict(base, prompt=new_text, role="user")
             sent = None
 
             def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,

@@ -23,6 +23,8 @@ CALL = ('<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": '
         '{\\"city\\": \\"Paris\\"}}\\n</tool_call>')
 MODEL = f"""RKLLM-SCRIPTED 1
 max_context_limit = 4096
+when contains "broken tool" reply "<tool_call>{{\\"name\\": \\"get_weather\\", \\"arguments\\": {{city}}}}</tool_call>"
+when contains "think about it" reply "<think>\\nLet me consider.\\n</think>\\n\\nDone thinking."
 when contains "<tool_response>" reply "It is sunny in Paris."
 when contains "weather" contains "<tools>" reply "{CALL}"
 when contains "weather" tools yes reply "{CALL}"
@@ -198,3 +200,16 @@ def test_smollm2_in_tokens_mode_reuses_its_own_reply_tokens() -> None:
         assert second.usage.prefill_tokens <= len(ids) - cached + 3
         assert second.usage.prefill_tokens < len(ids) // 2
         assert json.dumps(second.message.content)  # a real answer came back
+
+
+@pytest.mark.parametrize("mode", ["tokens", "raw"])
+def test_malformed_calls_and_reasoning_in_rendered_modes(mode: str, llm: RKLLM,
+                                                         tmp_path: Path) -> None:
+    tokenizer = byte_tokenizer(tmp_path) if mode == "tokens" else None
+    chat = ChatEngine(llm, mode=mode, preset="qwen3", tokenizer=tokenizer)  # type: ignore[arg-type]
+    bad = chat.generate([ChatMessage.user("broken tool")], tools=[WEATHER])
+    assert bad.message.tool_calls == () and bad.invalid_tool_calls[0].name == "get_weather"
+    stream = chat.stream([ChatMessage.user("think about it")], enable_thinking=True)
+    chunks = list(stream)
+    assert "".join(c.content for c in chunks) == "Done thinking."
+    assert "".join(c.reasoning for c in chunks).strip() == "Let me consider."
