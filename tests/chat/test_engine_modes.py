@@ -35,7 +35,7 @@ when contains "what is my name" contains "alice" reply "Your name is Alice."
 when contains "what is my name" reply "I do not know."
 when contains "stop test" reply "Hello there. User: hidden"
 default reply "OK."
-"""
+"""  # noqa: E501
 
 WEATHER = ToolSpec("get_weather", "The weather in a city",
                    {"type": "object", "properties": {"city": {"type": "string"}}})
