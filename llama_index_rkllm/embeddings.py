@@ -1,0 +1,92 @@
+"""``RKLLMEmbedding``: LlamaIndex embeddings from an RKLLM model's last hidden layer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field, model_validator
+
+from llama_index_rkllm._client import SharesLoadedModel, resolve_client
+
+
+class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
+    """Text and query embeddings over :meth:`rkllm_core.RKLLM.embed` (last-hidden-layer mode).
+
+    Each text is one run on the model (pooled over its tokens and L2-normalised by default);
+    ``embed_batch_size`` texts go to the model per call. ``query_instruction`` /
+    ``text_instruction`` format the input as ``"Instruct: {instruction}\\nQuery: {text}"``
+    (Qwen3-Embedding style). Async methods wait on the model's worker thread without blocking
+    the event loop. Objects naming the same file and settings share one loaded model with
+    :class:`~llama_index_rkllm.RKLLM`; embedding clears the model's KV cache, so a conversation
+    on a shared model is replayed on its next turn.
+
+    Example (host runtime, scripted model):
+        >>> import tempfile, pathlib
+        >>> from llama_index_rkllm import RKLLMEmbedding
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
+        >>> embed = RKLLMEmbedding(model_path=str(path), library="host", max_context_len=512)
+        >>> vector = embed.get_query_embedding("a cat on a mat")
+        >>> len(vector), round(sum(v * v for v in vector), 3)
+        (16, 1.0)
+        >>> len(embed.get_text_embedding_batch(["a cat", "a dog", "a bird"]))
+        3
+    """
+
+    model_path: str | None = Field(default=None, description="The model file (.rkllm; "
+                                   ".gguf or scripted on the host runtime).")
+    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
+    runtime_version: str | None = Field(
+        default=None, description="The runtime release when detection should not decide.")
+    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
+    pooling: Literal["mean", "last"] = Field(
+        default="mean", description="Mean over the tokens, or the last token (for models "
+        "trained for last-token pooling, such as Qwen3-Embedding).")
+    normalize: bool = Field(default=True, description="L2-normalise each vector.")
+    query_instruction: str | None = Field(default=None, description="Instruction for queries.")
+    text_instruction: str | None = Field(default=None, description="Instruction for documents.")
+    timeout: float | None = Field(default=None, description="Seconds one text may take.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
+                                         "rkllm_core.ModelParams fields.")
+    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
+
+    @model_validator(mode="after")
+    def _load(self) -> RKLLMEmbedding:
+        self.client, self.model_path = resolve_client(
+            "RKLLMEmbedding", self.client, self.model_path, self.library, self.runtime_version,
+            {**self.model_kwargs, "max_context_len": self.max_context_len})
+        if self.model_name == "unknown":
+            self.model_name = Path(self.model_path or "rkllm").name
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RKLLMEmbedding"
+
+    def _embed(self, texts: list[str], instruction: str | None) -> list[Embedding]:
+        vectors = self.client.embed(texts, pooling=self.pooling, normalize=self.normalize,
+                                    instruction=instruction, timeout=self.timeout)
+        return [[float(x) for x in row] for row in vectors]
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query], self.query_instruction)[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text], self.text_instruction)[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts, self.text_instruction)
+
+    # the core has no async embed: its runs wait on the model's worker thread, so a thread of
+    # the default executor waits for them and the event loop stays free
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return (await asyncio.to_thread(self._embed, [query], self.query_instruction))[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return (await asyncio.to_thread(self._embed, [text], self.text_instruction))[0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._embed, texts, self.text_instruction)

@@ -1,0 +1,98 @@
+"""``RKLLMRerank``: reorder retrieved nodes by an RKLLM reranker's yes/no relevance score."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, model_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from llama_index_rkllm._client import SharesLoadedModel, resolve_client
+from rkllm_core.errors import InvalidParameterError
+
+
+class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
+    """A node postprocessor over :meth:`rkllm_core.RKLLM.rerank` for ``node_postprocessors``.
+
+    Each node's score becomes P("yes") of the model's yes/no judgement of the node for the
+    query (the Qwen3-Reranker prompt); the ``top_n`` best are kept, best first. The runtime has
+    no tokenizer API, so the token ids of "yes" and "no" come from ``yes_token_id`` /
+    ``no_token_id`` or from the ``tokenizer`` the core model was created with.
+
+    Example (host runtime, scripted model):
+        >>> import tempfile, pathlib
+        >>> from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+        >>> from llama_index_rkllm import RKLLMRerank
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "reranker.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "paris" reply "y"\\n'
+        ...                     'default reply "n"\\n')
+        >>> # this toy model answers single bytes, whose token ids are their codes
+        >>> rerank = RKLLMRerank(model_path=str(path), library="host", max_context_len=512,
+        ...                      yes_token_id=ord("y"), no_token_id=ord("n"), top_n=1)
+        >>> nodes = [NodeWithScore(node=TextNode(text="Bananas are yellow.")),
+        ...          NodeWithScore(node=TextNode(text="Paris is the capital."))]
+        >>> best = rerank.postprocess_nodes(nodes, QueryBundle("Capital of France?"))
+        >>> best[0].node.get_content(), round(best[0].score, 2)
+        ('Paris is the capital.', 1.0)
+    """
+
+    model_path: str | None = Field(default=None, description="The reranker model file.")
+    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
+    runtime_version: str | None = Field(
+        default=None, description="The runtime release when detection should not decide.")
+    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
+    top_n: int = Field(default=3, ge=1, description="How many nodes to keep, best first.")
+    instruction: str | None = Field(default=None, description="The judgement's instruction "
+                                    "(default: whether the document meets the query).")
+    yes_token_id: int | None = Field(default=None, description='Token id of "yes".')
+    no_token_id: int | None = Field(default=None, description='Token id of "no".')
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the retriever's score in metadata['retrieval_score'].")
+    timeout: float | None = Field(default=None, description="Seconds one document may take.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
+                                         "rkllm_core.ModelParams fields.")
+    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
+
+    @model_validator(mode="after")
+    def _load(self) -> RKLLMRerank:
+        self.client, self.model_path = resolve_client(
+            "RKLLMRerank", self.client, self.model_path, self.library, self.runtime_version,
+            {**self.model_kwargs, "max_context_len": self.max_context_len})
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RKLLMRerank"
+
+    def _postprocess_nodes(self, nodes: list[NodeWithScore],
+                           query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise InvalidParameterError("RKLLMRerank needs the query: pass a QueryBundle")
+        if not nodes:
+            return []
+        with self.callback_manager.event(CBEventType.RERANKING, payload={
+                EventPayload.NODES: nodes, EventPayload.QUERY_STR: query_bundle.query_str,
+                EventPayload.MODEL_NAME: Path(self.model_path or "rkllm").name,
+                EventPayload.TOP_K: self.top_n}) as event:
+            scores = self.client.rerank(
+                query_bundle.query_str,
+                [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes],
+                instruction=self.instruction, yes_token_id=self.yes_token_id,
+                no_token_id=self.no_token_id, timeout=self.timeout)
+            for node, score in zip(nodes, scores, strict=True):
+                if self.keep_retrieval_score:
+                    node.node.metadata["retrieval_score"] = node.score
+                node.score = score
+            ranked = sorted(nodes, key=lambda n: -(n.score or 0.0))[:self.top_n]
+            event.on_end(payload={EventPayload.NODES: ranked})
+        return ranked
+
+    async def _apostprocess_nodes(self, nodes: list[NodeWithScore],
+                                  query_bundle: QueryBundle | None = None
+                                  ) -> list[NodeWithScore]:
+        # the core has no async rerank: its runs wait on the model's worker thread
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
