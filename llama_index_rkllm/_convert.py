@@ -157,19 +157,10 @@ def usage(result: ChatResult) -> dict[str, int]:
 
 def raw_response(result: ChatResult, model_name: str) -> dict[str, Any]:
     """``ChatResponse.raw``: usage, finish reason, timings and the runtime release."""
-    u = result.usage
     return {
         "model": model_name,
         "usage": usage(result),
-        "finish_reason": result.finish_reason,
-        "stop_sequence": result.stop_sequence,
-        "prefill_tokens": u.prefill_tokens,
-        "prefill_ms": u.prefill_ms,
-        "decode_ms": u.decode_ms,
-        "tokens_per_second": u.tokens_per_second,
-        "runtime_release": result.runtime_release,
-        "chat_mode": result.mode,
-        "kv_cache_reused": result.reused_cache,
+        **result.metadata(),
         "invalid_tool_calls": [{"raw": c.raw, "error": c.error, "name": c.name}
                                for c in result.invalid_tool_calls],
     }

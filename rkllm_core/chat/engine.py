@@ -48,7 +48,7 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,6 +110,34 @@ class ChatResult:
     runtime_release: str
     raw_text: str = ""
 
+    def metadata(self) -> dict[str, Any]:
+        """What the adapters report about a turn: finish reason, timings, the runtime release,
+        the chat mode and whether the KV cache was reused.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> from rkllm_core.chat import ChatEngine, ChatMessage
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...     meta = ChatEngine(llm).generate([ChatMessage.user("Hello")]).metadata()
+            >>> meta["finish_reason"], meta["chat_mode"], meta["runtime_release"]
+            ('stop', 'native', '1.3.0')
+        """
+        u = self.usage
+        return {
+            "finish_reason": self.finish_reason,
+            "stop_sequence": self.stop_sequence,
+            "prefill_tokens": u.prefill_tokens,
+            "prefill_ms": u.prefill_ms,
+            "decode_ms": u.decode_ms,
+            "tokens_per_second": u.tokens_per_second,
+            "runtime_release": self.runtime_release,
+            "chat_mode": self.mode,
+            "kv_cache_reused": self.reused_cache,
+        }
+
 
 # ---------------------------------------------------------------------------------------------
 # What the KV cache of one model holds (shared by every ChatEngine over that model)
@@ -163,6 +191,61 @@ class _StaleCache(RKLLMError):
 
 #: How far the runtime's KV size may differ from the engine's count (an end token or two).
 _SIZE_SLACK = 2
+
+
+_Request = tuple[list[ChatMessage], dict[str, Any]]
+
+
+def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None,
+                     method: str, name: str, description: str
+                     ) -> Generator[_Request, ChatResult, tuple[Any, ChatResult]]:
+    """The steps of a structured answer, shared by the sync and async engines: it yields the
+    turns to run (history, extra generate arguments) and receives their results."""
+    from rkllm_core.chat.structured import (
+        StructuredOutputError,
+        check_reply,
+        json_instruction,
+        repair_request,
+        schema_errors,
+    )
+
+    history = list(messages)
+    if method == "function_calling":
+        if schema is None:
+            raise InvalidParameterError("function_calling needs a schema")
+        extra: dict[str, Any] = {"tools": [ToolSpec(name, description, schema)],
+                                 "tool_choice": name}
+        result = yield history, extra
+        for attempt in range(2):
+            call = next((c for c in result.message.tool_calls if c.name == name), None)
+            if call is not None:
+                problems = schema_errors(dict(call.arguments), schema)
+                if not problems:
+                    return dict(call.arguments), result
+                error = "; ".join(problems[:5])
+            else:
+                error = f"no call to the tool `{name}`"
+            if attempt == 0:
+                history = [*history, result.message, ChatMessage.user(repair_request(error))]
+                result = yield history, extra
+        raise StructuredOutputError(f"the model did not produce a valid `{name}` call: "
+                                    f"{error}", result.raw_text)
+    if method not in ("json_schema", "json_mode"):
+        raise InvalidParameterError(
+            f"method must be json_schema, json_mode or function_calling, not {method!r}")
+    sentence = json_instruction(schema if method == "json_schema" else None)
+    system, rest = _split_system(history)
+    history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
+    wanted = schema if method == "json_schema" else None
+    for attempt in range(2):
+        result = yield history, {}
+        value, problem = check_reply(result.message.content, wanted)
+        if problem is None:
+            return value, result
+        if attempt == 0:
+            history = [*history, result.message, ChatMessage.user(repair_request(problem))]
+    raise StructuredOutputError(f"the model's reply is not valid JSON for the schema: "
+                                f"{problem}", result.raw_text)
 
 
 def _forget(state: _CacheState, generated: list[int], reply: ChatMessage | None,
@@ -428,52 +511,53 @@ class ChatEngine:
             >>> value
             {'city': 'Paris'}
         """
-        from rkllm_core.chat.structured import (
-            StructuredOutputError,
-            check_reply,
-            json_instruction,
-            repair_request,
-            schema_errors,
-        )
-
         kwargs: dict[str, Any] = dict(enable_thinking=enable_thinking,
                                       max_new_tokens=max_new_tokens, sampling=sampling,
                                       timeout=timeout)
-        history = list(messages)
-        if method == "function_calling":
-            if schema is None:
-                raise InvalidParameterError("function_calling needs a schema")
-            tool = ToolSpec(name, description, schema)
-            result = self.generate(history, tools=[tool], tool_choice=name, **kwargs)
-            for attempt in range(2):
-                call = next((c for c in result.message.tool_calls if c.name == name), None)
-                if call is not None:
-                    problems = schema_errors(dict(call.arguments), schema)
-                    if not problems:
-                        return dict(call.arguments), result
-                    error = "; ".join(problems[:5])
-                else:
-                    error = f"no call to the tool `{name}`"
-                if attempt == 0:
-                    history = [*history, result.message, ChatMessage.user(repair_request(error))]
-                    result = self.generate(history, tools=[tool], tool_choice=name, **kwargs)
-            raise StructuredOutputError(f"the model did not produce a valid `{name}` call: "
-                                        f"{error}", result.raw_text)
-        sentence = json_instruction(schema if method == "json_schema" else None)
-        system, rest = _split_system(history)
-        history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
-        result = self.generate(history, **kwargs)
-        wanted = schema if method == "json_schema" else None
-        value, problem = check_reply(result.message.content, wanted)
-        if problem is None:
-            return value, result
-        history = [*history, result.message, ChatMessage.user(repair_request(problem))]
-        result = self.generate(history, **kwargs)
-        value, problem = check_reply(result.message.content, wanted)
-        if problem is None:
-            return value, result
-        raise StructuredOutputError(f"the model's reply is not valid JSON for the schema: "
-                                    f"{problem}", result.raw_text)
+        flow = _structured_flow(messages, schema, method, name, description)
+        request = next(flow)
+        while True:
+            history, extra = request
+            try:
+                request = flow.send(self.generate(history, **extra, **kwargs))
+            except StopIteration as done:
+                value: tuple[Any, ChatResult] = done.value
+                return value
+
+    async def agenerate_structured(
+            self, messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None = None, *,
+            method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+            name: str = "respond", description: str = "", enable_thinking: bool = False,
+            max_new_tokens: int | None = None, sampling: Any = None,
+            timeout: float | None = None) -> tuple[Any, ChatResult]:
+        """Async :meth:`generate_structured`; never blocks the event loop.
+
+        Example:
+            >>> import asyncio, tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> from rkllm_core.chat import ChatEngine, ChatMessage
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text("RKLLM-SCRIPTED 1\\n" + r'default reply "{\\"n\\": 3}"')
+            >>> async def main() -> object:
+            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+            ...         value, _ = await ChatEngine(llm).agenerate_structured(
+            ...             [ChatMessage.user("How many?")], {"type": "object"})
+            ...         return value
+            >>> asyncio.run(main())
+            {'n': 3}
+        """
+        kwargs: dict[str, Any] = dict(enable_thinking=enable_thinking,
+                                      max_new_tokens=max_new_tokens, sampling=sampling,
+                                      timeout=timeout)
+        flow = _structured_flow(messages, schema, method, name, description)
+        request = next(flow)
+        while True:
+            history, extra = request
+            try:
+                request = flow.send(await self.agenerate(history, **extra, **kwargs))
+            except StopIteration as done:
+                value: tuple[Any, ChatResult] = done.value
+                return value
 
     def reset(self) -> None:
         """Forget what the KV cache holds; the next call replays its conversation."""

@@ -338,6 +338,8 @@ class OutputParser:
             end = buf.find(THINK_END)
             if end < 0:
                 keep = _held_prefix(buf, [THINK_END])
+                # newlines right before </think> are not reasoning: hold them until text follows
+                keep += len(buf[:len(buf) - keep]) - len(buf[:len(buf) - keep].rstrip("\n"))
                 self._think_buf = buf[len(buf) - keep:] if keep else ""
                 piece = buf[:len(buf) - keep]
                 if not self.reasoning:

@@ -228,3 +228,13 @@ def test_a_conversation_longer_than_the_context_stays_correct(tmp_path: Path) ->
         history[-1] = ChatMessage.user("What is my name?")
         assert chat.generate(history).message.content in ("Your name is Alice.",
                                                           "I do not know.")
+
+
+def test_async_structured_output_and_function_calling_method(llm: RKLLM) -> None:
+    chat = ChatEngine(llm)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"]}
+    value, _ = asyncio.run(chat.agenerate_structured(
+        [ChatMessage.user("What is the weather in Paris?")], schema,
+        method="function_calling", name="get_weather"))
+    assert value == {"city": "Paris"}
