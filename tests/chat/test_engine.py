@@ -101,7 +101,7 @@ def test_a_tool_call_round_trip_sends_only_the_tool_result(llm: RKLLM) -> None:
     history = [ChatMessage.user("What is the weather in Paris?")]
     chunks = list(chat.stream(history, tools=[WEATHER]))
     content = "".join(c.content for c in chunks)
-    assert content == "Let me look.\n"  # no tool markup in the content stream
+    assert content == "Let me look."  # no tool markup, and exactly the final content
     deltas = [d for c in chunks for d in c.tool_calls]
     assert deltas[0].name == "get_weather"
     assert json.loads("".join(d.arguments for d in deltas)) == {"city": "Paris"}

@@ -43,7 +43,7 @@ TURN = ("<think>\nThe user wants weather.\n</think>\n\nLet me check that.\n<tool
 def test_reasoning_content_and_two_calls_are_separated_for_any_chunking(pieces: list[int]) -> None:
     deltas, result = run(TURN, pieces, tool_format="hermes", think=True)
     content = "".join(d.content for d in deltas)
-    assert content == "Let me check that.\n"
+    assert content == "Let me check that." == result.content
     assert "<" not in content
     assert "".join(d.reasoning for d in deltas) == "The user wants weather."  # as streamed
     assert result.reasoning == "The user wants weather."
