@@ -105,15 +105,215 @@ plt.show()'''),
 ]
 
 
+LOAD_BOTH = '''\
+import os
+from pathlib import Path
+
+from rkllm_core import RKLLM
+
+llm = RKLLM(choice.model_path, library=choice.library, max_context_len=2048,
+            max_new_tokens=96, top_k=1)
+embed_path = os.environ.get("RKLLM_EMBED_MODEL_PATH")
+# an embedding model (e.g. Qwen3-Embedding converted to .rkllm) retrieves far better; without
+# one, the chat model's own hidden states serve as embeddings
+embed_llm = RKLLM(embed_path, library=choice.library, max_context_len=512) if embed_path else llm
+print("embeddings from:", Path(embed_path).name if embed_path else choice.model_path.name)
+guide = sorted(Path("data/field-guide").glob("*.md"))
+print(len(guide), "pages,", sum(len(p.read_text().split()) for p in guide), "words")'''
+
+QUESTION = "Which NPU driver version does RKLLM need, and how do I check it?"
+
+LANGCHAIN_RAG = [
+    new_markdown_cell(
+        "# RAG on the device with LangChain\n\nSplit a small document set (the RKLLM field "
+        "guide in `data/field-guide`, written for this repo), embed it with `RKLLMEmbeddings` "
+        "over the runtime's last-hidden-layer mode, retrieve, and answer with `ChatRKLLM`, all "
+        "on one board. Without a board it runs on the host runtime with SmolLM2, whose answers "
+        "and retrieval are those of a 135M model: the point here is the pipeline."),
+    new_code_cell(PICK),
+    new_code_cell(LOAD_BOTH),
+    new_code_cell('''\
+from langchain_core.documents import Document
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+docs = [Document(p.read_text(), metadata={"source": p.name}) for p in guide]
+chunks = RecursiveCharacterTextSplitter(chunk_size=600, chunk_overlap=60).split_documents(docs)
+print(len(chunks), "chunks")'''),
+    new_code_cell('''\
+import time
+
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from langchain_rkllm import ChatRKLLM, RKLLMEmbeddings
+
+embeddings = RKLLMEmbeddings(client=embed_llm)
+started = time.perf_counter()
+store = InMemoryVectorStore.from_documents(chunks, embeddings)
+print(f"embedded {len(chunks)} chunks in {time.perf_counter() - started:.1f} s")
+retriever = store.as_retriever(search_kwargs={"k": 3})'''),
+    new_code_cell(f'''\
+question = {QUESTION!r}
+hits = store.similarity_search_with_score(question, k=3)
+for doc, score in hits:
+    print(f"{{score:.3f}}  {{doc.metadata['source']}}: {{doc.page_content[:120]!r}}")'''),
+    new_code_cell('''\
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+
+prompt = ChatPromptTemplate.from_messages([
+    ("system", "Answer the question from the context only. Be brief.\\n\\nContext:\\n{context}"),
+    ("human", "{question}"),
+])
+chat = ChatRKLLM(client=llm, max_tokens=96)
+
+def join(docs):
+    return "\\n\\n".join(d.page_content for d in docs)
+
+chain = {"context": retriever | join, "question": RunnablePassthrough()} | prompt | chat
+answer = None
+for chunk in chain.stream(question):
+    print(chunk.content, end="", flush=True)
+    answer = chunk if answer is None else answer + chunk
+print()
+print(answer.response_metadata["prefill_tokens"], "tokens prefilled,",
+      round(answer.response_metadata["tokens_per_second"], 1), "tokens/s")'''),
+    new_code_cell('''\
+import matplotlib.pyplot as plt
+
+scores = store.similarity_search_with_score(question, k=8)
+plt.figure(figsize=(8, 3))
+plt.barh([f"{d.metadata['source'][:28]}" for d, _ in scores][::-1], [s for _, s in scores][::-1])
+plt.xlabel("cosine similarity to the question")
+plt.title("retrieved chunks")
+plt.tight_layout()
+plt.show()'''),
+]
+
+LLAMAINDEX_RAG = [
+    new_markdown_cell(
+        "# RAG on the device with LlamaIndex\n\nA `VectorStoreIndex` over the RKLLM field "
+        "guide with `RKLLMEmbedding`, a query engine that shows its sources, and a chat engine "
+        "that keeps the conversation, with `RKLLM` as the LLM. No network: every component is "
+        "given explicitly."),
+    new_code_cell(PICK),
+    new_code_cell(LOAD_BOTH),
+    new_code_cell('''\
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.node_parser import SentenceSplitter
+
+from llama_index_rkllm import RKLLM as RKLLMIndexLLM
+from llama_index_rkllm import RKLLMEmbedding
+
+documents = [Document(text=p.read_text(), metadata={"source": p.name}) for p in guide]
+embed_model = RKLLMEmbedding(client=embed_llm)
+index_llm = RKLLMIndexLLM(client=llm, max_new_tokens=96)
+index = VectorStoreIndex.from_documents(
+    documents, embed_model=embed_model,
+    transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)])
+print(len(index.docstore.docs), "nodes")'''),
+    new_code_cell(f'''\
+query_engine = index.as_query_engine(llm=index_llm, similarity_top_k=3)
+response = query_engine.query({QUESTION!r})
+print(response)
+for node in response.source_nodes:
+    print(f"{{node.score:.3f}}  {{node.metadata['source']}}: {{node.text[:100]!r}}")'''),
+    new_code_cell('''\
+chat_engine = index.as_chat_engine(chat_mode="condense_plus_context", llm=index_llm,
+                                   similarity_top_k=2)
+for q in ["What does keep_history do?", "And what happens when the context is full?"]:
+    reply = chat_engine.chat(q)
+    print(f"> {q}\\n{reply}\\n")
+print(len(chat_engine.chat_history), "messages in the chat history")'''),
+    new_code_cell('''\
+import matplotlib.pyplot as plt
+
+nodes = index.as_retriever(similarity_top_k=8).retrieve("How fast is Qwen2.5 1.5B on the RK3588?")
+plt.figure(figsize=(8, 3))
+plt.barh([n.metadata["source"][:28] for n in nodes][::-1], [n.score for n in nodes][::-1])
+plt.xlabel("similarity")
+plt.title("retrieved nodes")
+plt.tight_layout()
+plt.show()'''),
+]
+
+AGENTS = [
+    new_markdown_cell(
+        "# Agents: LangChain `create_agent` and LlamaIndex `FunctionAgent`\n\nThe same two "
+        "tools for both. Tool calls go through the runtime's function-calling support, and the "
+        "KV cache carries the conversation from one agent step to the next, so each step "
+        "prefills only the tool result. A 135M model (the host runtime's SmolLM2) rarely calls "
+        "tools well; on a board use a tool-capable model such as Qwen2.5-1.5B-Instruct."),
+    new_code_cell(PICK),
+    new_code_cell('''\
+from rkllm_core import RKLLM
+
+llm = RKLLM(choice.model_path, library=choice.library, max_context_len=2048,
+            max_new_tokens=96, top_k=1)
+
+def get_weather(city: str) -> str:
+    """The current weather in a city."""
+    return f"It is sunny and 21 C in {city}."
+
+def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b'''),
+    new_code_cell('''\
+from langchain.agents import create_agent
+
+from langchain_rkllm import ChatRKLLM
+
+agent = create_agent(ChatRKLLM(client=llm, max_tokens=96), tools=[get_weather, add],
+                     system_prompt="Use the tools to answer.")
+state = agent.invoke({"messages": [("user", "What is the weather in Paris?")]},
+                     {"recursion_limit": 8})
+steps = []
+for message in state["messages"]:
+    kind = type(message).__name__
+    calls = getattr(message, "tool_calls", None)
+    print(f"{kind:12} {message.content[:80]!r} {calls or ''}")
+    meta = getattr(message, "response_metadata", {}) or {}
+    if "prefill_tokens" in meta:
+        steps.append(meta)'''),
+    new_code_cell('''\
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.tools import FunctionTool
+
+from llama_index_rkllm import RKLLM as RKLLMIndexLLM
+
+function_agent = FunctionAgent(
+    tools=[FunctionTool.from_defaults(get_weather), FunctionTool.from_defaults(add)],
+    llm=RKLLMIndexLLM(client=llm, max_new_tokens=96),
+    system_prompt="Use the tools to answer.")
+
+async def ask():
+    return await function_agent.run("What is 2 plus 40?", max_iterations=6)
+
+print(await ask())'''),
+    new_code_cell('''\
+import matplotlib.pyplot as plt
+
+if steps:
+    plt.figure(figsize=(6, 3))
+    plt.bar([f"step {i + 1}" for i in range(len(steps))], [m["prefill_tokens"] for m in steps])
+    plt.ylabel("tokens prefilled")
+    plt.title("LangChain agent: prefill per model call")
+    plt.tight_layout()
+    plt.show()'''),
+]
+
+
 def notebooks() -> dict[str, list[nbformat.NotebookNode]]:
     """Notebook file name -> cells."""
-    return {"01_quickstart.ipynb": QUICKSTART}
+    return {"01_quickstart.ipynb": QUICKSTART, "02_langchain_rag.ipynb": LANGCHAIN_RAG,
+            "03_llamaindex_rag.ipynb": LLAMAINDEX_RAG, "04_agents.ipynb": AGENTS}
 
 
-def write(run: bool) -> None:
+def write(run: bool, only: list[str]) -> None:
     from nbclient import NotebookClient
 
     for name, cells in notebooks().items():
+        if only and not any(o in name for o in only):
+            continue
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
         path = HERE / name
@@ -125,4 +325,4 @@ def write(run: bool) -> None:
 
 
 if __name__ == "__main__":
-    write(run="--no-run" not in sys.argv)
+    write("--no-run" not in sys.argv, [a for a in sys.argv[1:] if not a.startswith("--")])
