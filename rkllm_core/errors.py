@@ -62,6 +62,9 @@ class RunError(RKLLMError):
         super().__init__(message)
         self.partial_text = partial_text
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keeps partial_text across processes
+        return type(self), (str(self), self.partial_text)
+
 
 class BusyError(RKLLMError):
     """The model is busy with another run and the wait timed out."""
@@ -73,6 +76,32 @@ class RunTimeoutError(BusyError, TimeoutError):
     def __init__(self, message: str, partial_text: str = "") -> None:
         super().__init__(message)
         self.partial_text = partial_text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.partial_text)
+
+
+class ModelWedgedError(RunTimeoutError):
+    """The runtime did not return from ``rkllm_run`` after ``rkllm_abort`` (a wedged NPU).
+
+    The model cannot run anything until that run returns: close it and load it again, or use
+    :class:`rkllm_core.IsolatedRKLLM`, which kills and restarts a wedged runtime.
+    """
+
+
+class RuntimeCrashedError(RKLLMError):
+    """The process running the runtime died (a crash inside ``librkllmrt`` or a kill).
+
+    Raised by :class:`rkllm_core.IsolatedRKLLM`; its next call starts a fresh runtime process
+    (with an empty KV cache). ``partial_text`` is what the run in flight had produced.
+    """
+
+    def __init__(self, message: str, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.partial_text)
 
 
 class ModelClosedError(RKLLMError):

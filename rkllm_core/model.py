@@ -43,6 +43,7 @@ from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
 from rkllm_core.errors import (
     InvalidParameterError,
     ModelClosedError,
+    ModelWedgedError,
     RKLLMError,
     RunError,
     RunTimeoutError,
@@ -70,6 +71,10 @@ RERANK_SYSTEM = (
     'provided. Note that the answer can only be "yes" or "no".'
 )
 RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+#: Seconds a run may take to end after rkllm_abort before the model counts as wedged
+#: (rknn-llm #400 measured 1.3 s during prefill on a healthy NPU).
+ABORT_GRACE = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +169,11 @@ class ImageInput:
     n_image_tokens: int = 0
 
     def __post_init__(self) -> None:
+        embed = np.asarray(self.embed)
+        if embed.dtype.kind not in "fiu":
+            raise InvalidParameterError(
+                f"image embed must hold real numbers (float32), got dtype {embed.dtype}")
+        object.__setattr__(self, "embed", embed)
         shape = self.embed.shape
         if len(shape) == 3:
             n_images, n_tokens = int(shape[0]), int(shape[1])
@@ -228,6 +238,71 @@ def parse_init_log(log: str) -> dict[str, Any]:
     }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_text(text: Any, name: str) -> None:
+    """Refuse text the runtime cannot take: not a str, empty, NUL bytes, lone surrogates.
+
+    C strings end at the first NUL, so a NUL would silently cut the text; a lone surrogate
+    (from a bad decode upstream) cannot be encoded as UTF-8.
+
+    Example:
+        >>> from rkllm_core.model import check_text
+        >>> check_text("Hello", "prompt")
+        >>> check_text("a\\x00b", "prompt")
+        Traceback (most recent call last):
+        ...
+        rkllm_core.errors.InvalidParameterError: prompt contains a NUL character at index 1; ...
+    """
+    if not isinstance(text, str):
+        raise InvalidParameterError(f"{name} must be a str, got {type(text).__name__}")
+    if not text:
+        raise InvalidParameterError(f"{name} is empty: give the text to send")
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise InvalidParameterError(
+            f"{name} contains a NUL character at index {nul}; the runtime takes C strings, which "
+            "end there: remove it (e.g. text.replace('\\x00', ''))")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(
+            f"{name} contains a lone surrogate {text[exc.start]!r} at index {exc.start}, which "
+            "is not valid Unicode (a bad decode upstream): decode the source with "
+            "errors='replace', or text.encode('utf-8', 'replace').decode()") from None
+
+
+def _c_text(text: Any, name: str) -> bytes:
+    """``text`` as UTF-8 for a C string parameter that may be empty."""
+    if isinstance(text, str) and not text:
+        return b""
+    check_text(text, name)
+    return str(text).encode()
+
+
+def check_timeout(timeout: Any) -> None:
+    """``None`` or a positive number of seconds."""
+    if timeout is not None and (not _is_number(timeout) or not 0 < timeout < math.inf):
+        raise InvalidParameterError(
+            f"timeout must be None or a positive number of seconds, got {timeout!r}")
+
+
+def _readable_file(path: Any, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidParameterError(f"{what} must be a path, got {type(path).__name__}")
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise InvalidParameterError(f"{what} {file} does not exist: check the path")
+    if not file.is_file():
+        raise InvalidParameterError(f"{what} {file} is not a file")
+    if not os.access(file, os.R_OK):
+        raise InvalidParameterError(
+            f"{what} {file} cannot be read (permissions): chmod it or run as its owner")
+    return file
+
+
 # ---------------------------------------------------------------------------------------------
 # One run: the callback side and the bookkeeping the consumer reads
 
@@ -287,8 +362,11 @@ class _Engine:
     RKLLM object alive.
     """
 
-    def __init__(self, lib: RuntimeLibrary, param: Any, tokenizer_callback: Any) -> None:
+    def __init__(self, lib: RuntimeLibrary, param: Any, tokenizer_callback: Any,
+                 abort_grace: float = ABORT_GRACE) -> None:
         self.lib = lib
+        self.abort_grace = abort_grace
+        self.wedged: _Run | None = None  # a run that ignored rkllm_abort for abort_grace
         self._cond = threading.Condition()
         self._jobs: deque[_Run | _Call] = deque()
         self._closed = False
@@ -322,6 +400,8 @@ class _Engine:
         with self._cond:
             if self._closed:
                 raise ModelClosedError("the model is closed: create a new RKLLM to run it again")
+            if self.wedged is not None:
+                raise self._wedged_error()
             self._jobs.append(job)
             self._cond.notify_all()
 
@@ -375,7 +455,37 @@ class _Engine:
         with self._cond:
             run.state = "done"
             self.current = None
+            if self.wedged is run:
+                self.wedged = None
+                logger.warning("the wedged run returned at last; the model accepts runs again")
         _finish(run)
+
+    def _wedged_error(self) -> ModelWedgedError:
+        return ModelWedgedError(
+            f"the model is wedged: the runtime has not returned from rkllm_run within "
+            f"{self.abort_grace} s of rkllm_abort, so nothing else can run on it. close() it and "
+            "load the model again (on a board, an NPU that stays wedged needs the process to "
+            "exit), or use rkllm_core.IsolatedRKLLM, which restarts a wedged runtime for you")
+
+    def mark_wedged(self, run: _Run) -> ModelWedgedError:
+        """``run`` ignored rkllm_abort: refuse new work until it returns; fail what is queued."""
+        with self._cond:
+            if run.state == "running":
+                self.wedged = run
+            pending = [job for job in self._jobs]
+            self._jobs.clear()
+            for job in pending:
+                if isinstance(job, _Run):
+                    job.state = "cancelled"
+        error = self._wedged_error()
+        logger.error("%s", error)
+        for job in pending:
+            if isinstance(job, _Run):
+                job.error = error
+                _finish(job)
+            else:
+                job.fail(error)
+        return error
 
     def abort_run(self, run: _Run, reason: str) -> str:
         """Stop ``run``: drop it if still queued, else abort it. Returns what it was."""
@@ -437,7 +547,12 @@ class _Engine:
             self.abort_run(running, "abort")
         if self.in_worker():
             return  # closed from a callback: the worker destroys the handle when the run ends
-        self._worker.join()
+        self._worker.join(self.abort_grace if running is not None else None)
+        if self._worker.is_alive():
+            # rkllm_destroy during a run would free memory the runtime still uses: leave it
+            logger.error("close(): the runtime did not return from rkllm_run within %s s of "
+                         "rkllm_abort; the model handle is left to the process exit",
+                         self.abort_grace)
 
     # -- the result callback --------------------------------------------------------------
 
@@ -715,9 +830,16 @@ class TextStream(_StreamBase):
             raise
 
     def _drain(self) -> None:
-        while (item := self._run.channel.get()) is not Channel.END:
-            if isinstance(item, _Done):
-                self._result = item.result
+        """Wait for the aborted run's end (up to the abort grace), keeping its result."""
+        deadline = time.monotonic() + self._engine.abort_grace
+        try:
+            while (item := self._run.channel.get(max(0.0, deadline - time.monotonic()))) \
+                    is not Channel.END:
+                if isinstance(item, _Done):
+                    self._result = item.result
+        except TimeoutError:
+            self._finished = True
+            raise self._engine.mark_wedged(self._run) from None
         self._finished = True
 
     def close(self) -> None:
@@ -794,9 +916,15 @@ class AsyncTextStream(_StreamBase):
             raise
 
     async def _adrain(self) -> None:
-        while (item := await self._run.channel.aget()) is not Channel.END:
-            if isinstance(item, _Done):
-                self._result = item.result
+        deadline = time.monotonic() + self._engine.abort_grace
+        try:
+            while (item := await self._run.channel.aget(
+                    max(0.0, deadline - time.monotonic()))) is not Channel.END:
+                if isinstance(item, _Done):
+                    self._result = item.result
+        except TimeoutError:
+            self._finished = True
+            raise self._engine.mark_wedged(self._run) from None
         self._finished = True
 
     async def aclose(self) -> None:
@@ -847,7 +975,9 @@ class RKLLM:
         :class:`ExtendParams`; ``**param_overrides``: any ModelParams field
         (``max_context_len=2048, temperature=0.2``). tokenizer: optional
         ``str -> token ids`` (used by :meth:`rerank`; on 1.3.0 also registered as the
-        tokenizer callback for models exported without one).
+        tokenizer callback for models exported without one). abort_grace: seconds a run may
+        take to end after ``rkllm_abort`` before the model counts as wedged
+        (:class:`~rkllm_core.errors.ModelWedgedError`; default 10).
 
     Threads and tasks share one model: runs execute one at a time, first come first served,
     on a worker thread this object owns. ``close()`` (or leaving the ``with`` block, or
@@ -878,9 +1008,14 @@ class RKLLM:
         params: ModelParams | None = None,
         extend: ExtendParams | None = None,
         tokenizer: Tokenizer | None = None,
+        abort_grace: float = ABORT_GRACE,
         **param_overrides: Any,
     ) -> None:
         self._engine: _Engine | None = None
+        self._hidden_size: int | None = None  # learned from the first hidden-state run
+        if not _is_number(abort_grace) or not 0 < abort_grace < math.inf:
+            raise InvalidParameterError(
+                f"abort_grace must be a positive number of seconds, got {abort_grace!r}")
         if params is None and model_path is None:
             raise InvalidParameterError("pass the model file: RKLLM('model.rkllm', ...)")
         values: dict[str, Any] = params.model_dump() if params is not None else {}
@@ -906,7 +1041,7 @@ class RKLLM:
         tokenizer_callback = None
         if tokenizer is not None and self.lib.family.key == "1.3.0":
             tokenizer_callback = _tokenizer_callback(self.lib, tokenizer)
-        self._engine = _Engine(self.lib, param, tokenizer_callback)
+        self._engine = _Engine(self.lib, param, tokenizer_callback, float(abort_grace))
         self._info = parse_init_log(self._engine.native.init_log)
         self._cross_attn_keep: list[Any] = []
         self._finalizer = weakref.finalize(self, self._engine.close)
@@ -1046,6 +1181,39 @@ class RKLLM:
         if sum(given) != 1:
             raise InvalidParameterError(
                 "give exactly one input: prompt (text), tokens (ids) or embeddings (array)")
+        if prompt is not None:
+            check_text(prompt, "prompt")
+        if role not in ("user", "tool"):
+            raise InvalidParameterError(f"role must be 'user' or 'tool', got {role!r}")
+        for name, flag in (("enable_thinking", enable_thinking), ("keep_history", keep_history)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InvalidParameterError(
+                    f"{name} must be True or False, got {type(flag).__name__} {flag!r}")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool)
+                                           or not isinstance(max_new_tokens, (int, np.integer))):
+            raise InvalidParameterError(
+                f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
+                f"{max_new_tokens!r}")
+        if sampling is not None and not isinstance(sampling, SamplingParams):
+            raise InvalidParameterError(
+                f"sampling must be a SamplingParams (e.g. SamplingParams(top_k=1)), got "
+                f"{type(sampling).__name__}")
+        if image is not None and not isinstance(image, ImageInput):
+            raise InvalidParameterError(
+                f"image must be an ImageInput(embed, ...), got {type(image).__name__}")
+        if lora is not None:
+            check_text(lora, "lora (the adapter name given to load_lora)")
+        if save_prompt_cache is not None:
+            folder = Path(save_prompt_cache).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise InvalidParameterError(
+                    f"save_prompt_cache: the folder {folder} does not exist: create it first or "
+                    "choose a path in an existing folder")
+        stops = [stop] if isinstance(stop, str) else list(stop or ())
+        for item in stops:
+            if not isinstance(item, str):
+                raise InvalidParameterError(
+                    f"stop must be a string or a list of strings, got an item {item!r}")
         if image is not None and prompt is None:
             raise InvalidParameterError("image needs a prompt with an <image> tag per image")
         if not has_role and role != "user":
@@ -1079,19 +1247,30 @@ class RKLLM:
             keep.append(data)
             inp.prompt_input = data
         elif tokens is not None:
-            ids = list(tokens)
-            if not ids or any(not isinstance(t, (int, np.integer)) or t < 0 for t in ids):
+            ids = list(tokens) if not isinstance(tokens, (str, bytes)) else []
+            if not ids or any(isinstance(t, bool) or not isinstance(t, (int, np.integer))
+                              or not 0 <= t < 2**31 for t in ids):
                 raise InvalidParameterError("tokens must be a non-empty list of ids >= 0")
+            if len(ids) >= self.params.max_context_len:
+                raise InvalidParameterError(
+                    f"tokens has {len(ids)} ids, more than max_context_len "
+                    f"({self.params.max_context_len}) allows: shorten the input or load the "
+                    "model with a larger max_context_len")
             array = (ctypes.c_int32 * len(ids))(*ids)
             keep.append(array)
             inp.input_type = int(RKLLMInputType.RKLLM_INPUT_TOKEN)
             inp.token_input.input_ids = array
             inp.token_input.n_tokens = len(ids)
         else:
-            data_f = np.ascontiguousarray(embeddings, dtype=np.float32)
-            if data_f.ndim != 2 or data_f.shape[0] == 0:
+            data_f = self._float_rows(embeddings, "embeddings")
+            if data_f.ndim != 2 or data_f.shape[0] == 0 or data_f.shape[1] == 0:
                 raise InvalidParameterError(
-                    "embeddings must be a 2-D float32 array (n_tokens, hidden_size)")
+                    f"embeddings must be a 2-D float32 array (n_tokens, hidden_size), got shape "
+                    f"{data_f.shape}")
+            if data_f.shape[0] >= self.params.max_context_len:
+                raise InvalidParameterError(
+                    f"embeddings has {data_f.shape[0]} rows (tokens), more than max_context_len "
+                    f"({self.params.max_context_len}) allows")
             keep.append(data_f)
             inp.input_type = int(RKLLMInputType.RKLLM_INPUT_EMBED)
             inp.embed_input.embed = data_f.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
@@ -1130,11 +1309,31 @@ class RKLLM:
             kind=kind, input=inp, infer=infer, keepalive=keep,
             max_new_tokens=limit,
             enforce_max_tokens=max_new_tokens is not None and not native_limits,
-            stop=StopMatcher(list(stop or ())), on_token=on_token)
+            stop=StopMatcher(stops), on_token=on_token)
+
+    def _float_rows(self, value: Any, name: str) -> np.ndarray:
+        """``value`` as C-contiguous float32, refusing what would not be a real vector.
+
+        The runtime reads ``rows x hidden_size`` floats from the pointer it gets: a row of the
+        wrong width makes it read past the buffer, so the width is checked once it is known.
+        """
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise InvalidParameterError(
+                f"{name} must hold real numbers (float32), got dtype {array.dtype}")
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        if data.size and not np.isfinite(data).all():
+            raise InvalidParameterError(f"{name} contains NaN or infinity")
+        if self._hidden_size is not None and data.ndim >= 2 and data.shape[-1] != \
+                self._hidden_size:
+            raise InvalidParameterError(
+                f"{name} rows have {data.shape[-1]} values but the model's hidden size is "
+                f"{self._hidden_size}: each row must be one token's embedding")
+        return data
 
     def _fill_image(self, inp: Any, prompt: str, image: ImageInput, keep: list[Any]) -> None:
         key = self.lib.family.key
-        embed = np.ascontiguousarray(image.embed, dtype=np.float32)
+        embed = self._float_rows(image.embed, "image embed")
         n_images, n_tokens = image.n_images, image.n_image_tokens
         tags = prompt.count("<image>")
         if key in ("1.1", "1.2.0"):
@@ -1211,6 +1410,7 @@ class RKLLM:
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=None)
         run.before = list(before)
+        check_timeout(timeout)
         engine = self._live
         engine.submit(run, "stream()")
         return TextStream(engine, run, timeout, owner=self)
@@ -1325,6 +1525,7 @@ class RKLLM:
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=None)
         run.before = list(before)
+        check_timeout(timeout)
         engine = self._live
         engine.submit(run, "astream()")
         return AsyncTextStream(engine, run, timeout, owner=self)
@@ -1369,6 +1570,7 @@ class RKLLM:
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=on_token)
         run.before = list(before)
+        check_timeout(timeout)
         engine = self._live
         engine.submit(run, "agenerate()")
         stream = AsyncTextStream(engine, run, timeout, owner=self)
@@ -1381,6 +1583,7 @@ class RKLLM:
         return stream.result
 
     def _collect(self, run: _Run, timeout: float | None, what: str) -> GenerationResult:
+        check_timeout(timeout)
         engine = self._live
         engine.submit(run, what)
         stream = TextStream(engine, run, timeout, owner=self)
@@ -1396,6 +1599,8 @@ class RKLLM:
         result = self._collect(run, timeout, what)
         if result.finish_reason == "abort":
             raise RKLLMError(f"{what} was aborted before the runtime returned its output")
+        if run.kind == "hidden" and run.arrays and run.arrays[0].ndim == 2:
+            self._hidden_size = int(run.arrays[0].shape[1])
         return run.arrays
 
     # -- hidden states, embeddings, logits, reranking ----------------------------------------
@@ -1461,6 +1666,9 @@ class RKLLM:
         if pooling not in ("mean", "last"):
             raise InvalidParameterError(f"pooling must be 'mean' or 'last', got {pooling!r}")
         items = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(items):
+            check_text(text, f"texts[{i}]")
+        check_timeout(timeout)
         rows = []
         for text in items:
             if instruction:
@@ -1608,8 +1816,10 @@ class RKLLM:
             ...     llm.generate("Hi", lora="pirate").text
             'Arr!'
         """
-        if not Path(path).is_file():
-            raise InvalidParameterError(f"LoRA adapter {path} does not exist")
+        _readable_file(path, "LoRA adapter")
+        check_text(name, "LoRA name")
+        if not _is_number(scale) or not math.isfinite(scale):
+            raise InvalidParameterError(f"LoRA scale must be a finite number, got {scale!r}")
         adapter = self.lib.family.struct("RKLLMLoraAdapter")(
             os.fsencode(path), name.encode(), scale)
         code = self._live.call(lambda h: self.lib.load_lora(h, ctypes.byref(adapter)),
@@ -1631,8 +1841,7 @@ class RKLLM:
             ...     llm.load_prompt_cache(d / "cache.bin")
             ...     llm.release_prompt_cache()
         """
-        if not Path(path).is_file():
-            raise InvalidParameterError(f"prompt cache {path} does not exist")
+        _readable_file(path, "prompt cache")
         raw = os.fsencode(path)
         code = self._live.call(lambda h: self.lib.load_prompt_cache(h, raw),
                                "load_prompt_cache()")
@@ -1707,7 +1916,7 @@ class RKLLM:
             ...     llm.set_chat_template("", "", "")
         """
         self._require("rkllm_set_chat_template", "set_chat_template()")
-        args = (system.encode(), prefix.encode(), postfix.encode())
+        args = (_c_text(system, "system"), _c_text(prefix, "prefix"), _c_text(postfix, "postfix"))
         code = self._live.call(lambda h: self.lib.set_chat_template(h, *args),
                                "set_chat_template()")
         self._check(code, "rkllm_set_chat_template", "see the runtime's log on stderr")
@@ -1743,7 +1952,14 @@ class RKLLM:
             parsed = list(tools)
         if not isinstance(parsed, list) or not all(isinstance(t, dict) for t in parsed):
             raise InvalidParameterError("tools must be a JSON array of function objects")
-        args = (system.encode(), json.dumps(parsed).encode(), tool_response_str.encode())
+        try:
+            tools_json = json.dumps(parsed, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"tools cannot be written as JSON ({exc}): use only dicts, lists, strings, "
+                "numbers, booleans and None in the function schemas") from exc
+        args = (_c_text(system, "system"), _c_text(tools_json, "tools"),
+                _c_text(tool_response_str, "tool_response_str"))
         code = self._live.call(lambda h: self.lib.set_function_tools(h, *args),
                                "set_function_tools()")
         self._check(code, "rkllm_set_function_tools",

@@ -1,0 +1,239 @@
+"""IsolatedRKLLM: the runtime in a child process; killing it mid-run costs a typed error and a
+restart, never the parent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rkllm_core import (
+    InvalidParameterError,
+    IsolatedRKLLM,
+    ModelClosedError,
+    ModelLoadError,
+    ModelWedgedError,
+    RunError,
+    RuntimeCrashedError,
+    RunTimeoutError,
+)
+from tests.reliability.conftest import HANGING, ModelFile, paced
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture
+def isolated(model_file: ModelFile) -> Iterator[IsolatedRKLLM]:
+    llm = IsolatedRKLLM(model_file(paced(200) + "hang_after_tokens = 30\n"), library="host",
+                        runtime_version="1.3.0", max_context_len=512, abort_grace=1.0)
+    yield llm
+    llm.close()
+
+
+def test_the_same_calls_as_rkllm_work_across_the_process_boundary(
+        isolated: IsolatedRKLLM) -> None:
+    assert isolated.pid != os.getpid()
+    seen: list[str] = []
+    result = isolated.generate("echo hi", on_token=lambda chunk: seen.append(chunk.text))
+    assert result.text == "You said: echo hi" == "".join(seen)
+    assert result.finish_reason == "stop" and result.perf.decode_tokens == len(seen)
+    stream = isolated.stream("echo again")
+    assert "".join(c.text for c in stream) == "You said: echo again"
+    assert stream.result.finish_reason == "stop"
+    assert isolated.embed(["a cat", "a dog"]).shape == (2, 32)
+    isolated.generate("echo remember", keep_history=True)
+    assert isolated.kv_cache_size > 0
+    isolated.clear_kv_cache()
+    assert isolated.kv_cache_size == 0
+    assert isolated.runtime_info.release == "1.3.0" and isolated.runtime_info.is_host_runtime
+
+    async def main() -> tuple[str, list[str]]:
+        first = await isolated.agenerate("echo async")
+        pieces = [c.text async for c in isolated.astream("echo stream")]
+        return first.text, pieces
+
+    text, pieces = asyncio.run(main())
+    assert text == "You said: echo async" and "".join(pieces) == "You said: echo stream"
+    assert isolated.restarts == 0
+
+
+def test_errors_in_the_child_arrive_typed_with_their_details(
+        isolated: IsolatedRKLLM, model_file: ModelFile) -> None:
+    with pytest.raises(InvalidParameterError, match="NUL"):
+        isolated.generate("a\x00b")
+    with pytest.raises(RunError, match="RKLLM_RUN_ERROR"):
+        isolated.generate("Hello", lora="missing")
+    with pytest.raises(RunTimeoutError, match="did not finish") as info:
+        isolated.generate("long", timeout=0.5)  # hangs after 30 tokens
+    assert info.value.partial_text.startswith("word word")
+    with pytest.raises(ModelLoadError, match="malloc"):
+        IsolatedRKLLM(model_file('fail_init = "failed to malloc npu memory"\n'), library="host",
+                      max_context_len=512)
+    with pytest.raises(InvalidParameterError, match="before= hooks"):
+        isolated.generate("Hello", before=[print])
+    assert isolated.generate("short").text == "ok" and isolated.restarts == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+def test_killing_the_child_mid_stream_is_a_typed_error_and_the_next_call_restarts_it(
+        isolated: IsolatedRKLLM, sig: signal.Signals) -> None:
+    first_pid = isolated.pid
+    stream = isolated.stream("long story")
+    received = [next(stream).text for _ in range(3)]
+    os.kill(first_pid, sig)  # what a crash inside librkllmrt looks like from outside
+    with pytest.raises(RuntimeCrashedError, match=f"died: killed by {sig.name}") as info:
+        for chunk in stream:
+            received.append(chunk.text)
+    assert info.value.partial_text == "".join(received)
+    assert isolated.generate("echo back").text == "You said: echo back"
+    assert isolated.pid != first_pid and isolated.restarts == 1
+
+
+def test_every_caller_in_flight_gets_the_crash_and_the_model_recovers(
+        isolated: IsolatedRKLLM) -> None:
+    errors: list[type[BaseException]] = []
+    started = threading.Event()
+
+    def caller(i: int) -> None:
+        try:
+            isolated.generate(f"long {i}", on_token=lambda chunk: started.set())
+        except BaseException as exc:
+            errors.append(type(exc))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    assert started.wait(30)
+    os.kill(isolated.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    assert errors == [RuntimeCrashedError] * 6
+
+    async def after() -> str:
+        return str((await isolated.agenerate("short")).text)
+
+    assert asyncio.run(after()) == "ok"
+
+
+def test_a_child_that_stops_answering_is_killed_and_restarted(
+        isolated: IsolatedRKLLM) -> None:
+    stuck = isolated.pid
+    os.kill(stuck, signal.SIGSTOP)  # a wedged NPU: the process is there and says nothing
+    start = time.monotonic()
+    try:
+        with pytest.raises(ModelWedgedError, match="was killed"):
+            isolated.generate("echo hello", timeout=0.5)
+    finally:
+        if isolated.pid == stuck:  # pragma: no cover - only if the kill did not happen
+            os.kill(stuck, signal.SIGCONT)
+    assert time.monotonic() - start < 10
+    assert isolated.generate("echo hello").text == "You said: echo hello"
+    assert isolated.restarts == 1
+
+
+def test_cancellation_and_early_exits_abort_the_run_in_the_child(
+        isolated: IsolatedRKLLM) -> None:
+    for chunk in isolated.stream("long"):
+        assert chunk.text == "word"
+        break
+    stream = isolated.stream("long")
+    next(stream)
+    stream.close()
+    assert stream.result.finish_reason == "abort"
+
+    async def main() -> str:
+        task = asyncio.create_task(isolated.agenerate("long"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return str((await isolated.agenerate("short", timeout=30)).text)
+
+    assert asyncio.run(main()) == "ok"
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(isolated.generate("long")))
+    runner.start()
+    time.sleep(0.3)
+    assert isolated.abort() is True
+    runner.join(30)
+    assert result and result[0].finish_reason == "abort"  # type: ignore[attr-defined]
+    assert isolated.restarts == 0
+
+
+def test_close_ends_the_child_and_refuses_new_calls(model_file: ModelFile) -> None:
+    llm = IsolatedRKLLM(model_file(HANGING), library="host", max_context_len=512)
+    pid = llm.pid
+    stream = llm.stream("long")
+    next(stream)
+    llm.close()
+    llm.close()
+    with pytest.raises(ModelClosedError):
+        llm.generate("short")
+    assert all(chunk.text == " word" for chunk in stream)  # what came before the abort
+    assert stream.result.finish_reason == "abort"  # as with RKLLM: close() aborts the run
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_ctrl_c_reaches_the_parent_only_and_aborts_the_run(model_file: ModelFile) -> None:
+    script = textwrap.dedent(f"""
+        from rkllm_core import IsolatedRKLLM
+        llm = IsolatedRKLLM({str(model_file(paced(20)))!r}, library="host",
+                            max_context_len=512)
+        pid = llm.pid
+        try:
+            print("running", flush=True)
+            llm.generate("long story")
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        print(llm.generate("short").text, llm.pid == pid, llm.restarts, flush=True)
+        llm.close()
+    """)
+    # a terminal's Ctrl-C signals the whole process group, the child included
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "running"
+        time.sleep(0.5)
+        os.killpg(child.pid, signal.SIGINT)
+        out = child.stdout.read()  # the buffered stream readline used, not communicate()
+        child.wait(60)
+    finally:
+        child.kill()
+    assert child.stderr is not None
+    err = child.stderr.read()
+    assert out.split("\n")[:2] == ["interrupted", "ok True 0"], err
+    assert child.returncode == 0, err
+
+
+def test_failed_starts_and_restarts_leak_no_file_descriptors(model_file: ModelFile) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    bad = model_file('fail_init = "failed to malloc npu memory"\n')
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(ModelLoadError):
+            IsolatedRKLLM(bad, library="host", max_context_len=512)
+    assert open_fds() == before
+    llm = IsolatedRKLLM(model_file(paced(0)), library="host", max_context_len=512)
+    for _ in range(2):
+        os.kill(llm.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeCrashedError):
+            llm.generate("short")
+        assert llm.generate("short").text == "ok"
+    llm.close()
+    deadline = time.monotonic() + 5  # the dead children's pipes close on helper threads
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds() == before
