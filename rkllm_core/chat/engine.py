@@ -253,6 +253,28 @@ def _forget(state: _CacheState, generated: list[int], reply: ChatMessage | None,
     state.valid = False
 
 
+def _tool_specs(tools: Any) -> list[ToolSpec]:
+    """``tools`` as a list of ToolSpec: specs or OpenAI-style dicts, names unique."""
+    if isinstance(tools, (ToolSpec, Mapping, str)) or not isinstance(tools, Sequence):
+        raise InvalidParameterError(
+            f"tools must be a list of ToolSpec or OpenAI-style tool dicts, got "
+            f"{type(tools).__name__}")
+    specs: list[ToolSpec] = []
+    for tool in tools:
+        if isinstance(tool, ToolSpec):
+            specs.append(tool)
+        elif isinstance(tool, Mapping):
+            specs.append(ToolSpec.from_openai(tool))
+        else:
+            raise InvalidParameterError(
+                f"tools must be ToolSpec objects or OpenAI-style dicts, got {type(tool).__name__}")
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidParameterError(f"tool names must be unique; repeated: {', '.join(repeated)}")
+    return specs
+
+
 def _split_system(messages: Sequence[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     system = [m.content for m in messages if m.role == "system"]
     rest = [m for m in messages if m.role != "system"]
@@ -594,7 +616,7 @@ class ChatEngine:
             if not isinstance(m, ChatMessage):
                 raise InvalidParameterError(
                     f"messages must be rkllm_core.chat.ChatMessage objects, got {type(m).__name__}")
-        tools = [] if tool_choice == "none" else list(tools)
+        tools = [] if tool_choice == "none" else _tool_specs(tools)
         instruction = tool_choice_instruction(tool_choice, tools) if tools else ""
         if tool_choice not in ("auto", "none") and not tools:
             raise InvalidParameterError(f"tool_choice={tool_choice!r} needs tools to call")

@@ -72,6 +72,24 @@ class ToolSpec:
     parameters: Mapping[str, Any] = field(
         default_factory=lambda: {"type": "object", "properties": {}})
 
+    def __post_init__(self) -> None:
+        from rkllm_core.errors import InvalidParameterError
+
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InvalidParameterError(f"a tool needs a non-empty string name, got {self.name!r}")
+        if not isinstance(self.description, str):
+            raise InvalidParameterError(f"tool {self.name!r}: description must be a string")
+        if not isinstance(self.parameters, Mapping):
+            raise InvalidParameterError(
+                f"tool {self.name!r}: parameters must be a JSON-schema object (a dict), got "
+                f"{type(self.parameters).__name__}")
+        try:
+            json.dumps(dict(self.parameters))
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"tool {self.name!r}: parameters are not JSON ({exc}); use dicts, lists, "
+                "strings, numbers and booleans") from None
+
     def to_openai(self) -> dict[str, Any]:
         """``{"type": "function", "function": {"name", "description", "parameters"}}``."""
         return {"type": "function", "function": {
@@ -149,6 +167,16 @@ class ChatMessage:
         if self.name is not None:
             out["name"] = self.name
         return out
+
+    def __post_init__(self) -> None:
+        from rkllm_core.errors import InvalidParameterError
+
+        if self.role not in ("system", "user", "assistant", "tool"):
+            raise InvalidParameterError(
+                f"message role {self.role!r} is not one of system, user, assistant, tool")
+        if not isinstance(self.content, str):
+            raise InvalidParameterError(
+                f"message content must be a string, got {type(self.content).__name__}")
 
     def same_turn(self, other: ChatMessage) -> bool:
         """True when the two messages put the same thing into the model's context.

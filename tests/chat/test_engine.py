@@ -238,3 +238,21 @@ def test_async_structured_output_and_function_calling_method(llm: RKLLM) -> None
         [ChatMessage.user("What is the weather in Paris?")], schema,
         method="function_calling", name="get_weather"))
     assert value == {"city": "Paris"}
+
+
+def test_tools_as_dicts_are_accepted_and_bad_tools_are_typed_errors(llm: RKLLM) -> None:
+    from rkllm_core.errors import InvalidParameterError
+
+    chat = ChatEngine(llm)
+    as_dict = WEATHER.to_openai()
+    turn = chat.generate([ChatMessage.user("What is the weather in Paris?")], tools=[as_dict])
+    assert turn.message.tool_calls[0].name == "get_weather"
+    for bad, match in ((WEATHER, "list"), ([WEATHER, WEATHER], "unique"), (["f"], "ToolSpec"),
+                       ([{"type": "function", "function": {"name": ""}}], "name")):
+        with pytest.raises(InvalidParameterError, match=match):
+            chat.generate([ChatMessage.user("Hi")], tools=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="JSON"):
+        ToolSpec("f", "", {"type": "object", "enum": {1, 2}})
+    with pytest.raises(InvalidParameterError, match="role"):
+        ChatMessage("robot", "hi")  # type: ignore[arg-type]
+    assert chat.generate([ChatMessage.user("My name is Alice.")]).message.content == "OK, noted."
