@@ -1,7 +1,8 @@
 """rkllm-py: run Rockchip RKLLM models from Python.
 
-The public API is :class:`RKLLM` with its parameter models and results; everything here imports
-only numpy and pydantic (the runtime library is opened when an RKLLM is created).
+The public API is :class:`RKLLM` with its parameter models and results. Importing the package
+is light; the model API (numpy and pydantic) loads when first used, and the runtime library is
+opened when an RKLLM is created.
 
 Example:
     >>> import tempfile, pathlib
@@ -14,6 +15,9 @@ Example:
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from rkllm_core.errors import (
     AbortedError,
@@ -35,18 +39,51 @@ from rkllm_core.errors import (
     RuntimeVersionError,
     UnsupportedFeatureError,
 )
-from rkllm_core.isolated import IsolatedRKLLM
-from rkllm_core.model import (
-    RKLLM,
-    AsyncTextStream,
-    GenerationResult,
-    ImageInput,
-    PerfStats,
-    RuntimeInfo,
-    StreamChunk,
-    TextStream,
-)
-from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
+
+# The model API pulls in numpy and pydantic (about 0.3 s); it is imported when first used, so
+# `import rkllm_core`, the errors and the `rkllm` command start fast (PEP 562).
+_LAZY = {
+    "IsolatedRKLLM": "rkllm_core.isolated",
+    "RKLLM": "rkllm_core.model",
+    "AsyncTextStream": "rkllm_core.model",
+    "GenerationResult": "rkllm_core.model",
+    "ImageInput": "rkllm_core.model",
+    "PerfStats": "rkllm_core.model",
+    "RuntimeInfo": "rkllm_core.model",
+    "StreamChunk": "rkllm_core.model",
+    "TextStream": "rkllm_core.model",
+    "ExtendParams": "rkllm_core.params",
+    "ModelParams": "rkllm_core.params",
+    "SamplingParams": "rkllm_core.params",
+}
+
+if TYPE_CHECKING:
+    from rkllm_core.isolated import IsolatedRKLLM
+    from rkllm_core.model import (
+        RKLLM,
+        AsyncTextStream,
+        GenerationResult,
+        ImageInput,
+        PerfStats,
+        RuntimeInfo,
+        StreamChunk,
+        TextStream,
+    )
+    from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rkllm_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "RKLLM",
