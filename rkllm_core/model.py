@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import json
 import logging
@@ -75,6 +76,11 @@ RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that 
 #: Seconds a run may take to end after rkllm_abort before the model counts as wedged
 #: (rknn-llm #400 measured 1.3 s during prefill on a healthy NPU).
 ABORT_GRACE = 10.0
+
+
+#: True while generate_batch builds its lanes (single-input runs are refused on batched models)
+_batch_lane: contextvars.ContextVar[bool] = contextvars.ContextVar("rkllm_batch_lane",
+                                                                   default=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +328,10 @@ _Item = StreamChunk | _Done | _Failure
 
 @dataclass(eq=False)
 class _Run:
-    """One queued ``rkllm_run``: its structs (kept alive until it ends) and what it produced."""
+    """One queued ``rkllm_run``: its structs (kept alive until it ends) and what it produced.
+
+    A batched run (``n_batch > 1``) carries one lane per input: each lane is a ``_Run`` of its
+    own (never queued) that collects that input's text, tokens and perf stats."""
 
     kind: Literal["generate", "hidden", "logits"]
     input: Any
@@ -331,6 +340,7 @@ class _Run:
     max_new_tokens: int  # the effective limit; <= 0 means none
     enforce_max_tokens: bool  # old families: we abort after max_new_tokens tokens
     stop: StopMatcher
+    lanes: list[_Run] | None = None  # a batched run's per-input state
     on_token: Callable[[StreamChunk], object] | None = None
     before: list[Callable[[Any], None]] = field(default_factory=list)
     channel: Channel[_Item] = field(default_factory=Channel)
@@ -443,7 +453,10 @@ class _Engine:
                 for hook in run.before:  # on this thread, so nothing runs in between
                     hook(self.native.handle)
                 logger.debug("rkllm_run: %s run", run.kind)
-                run.return_code = self.lib.run(self.native.handle, ctypes.byref(run.input),
+                # a batch's input is an array, which ctypes passes as a pointer to its first item
+                inputs = run.input if isinstance(run.input, ctypes.Array) else ctypes.byref(
+                    run.input)
+                run.return_code = self.lib.run(self.native.handle, inputs,
                                                ctypes.byref(run.infer), None)
         except BaseException as exc:  # e.g. a before-hook failed: report it to the consumer
             run.error = run.error or exc
@@ -575,7 +588,22 @@ class _Engine:
     def _on_result(self, run: _Run, result: Any, state: int) -> int:
         if not result:
             return 0
-        r = ctypes.cast(result, self._result_type)[0]
+        results = ctypes.cast(result, self._result_type)
+        if run.lanes is None:
+            return self._on_one(run, results[0], state)
+        # a batched run: one result per input; a negative token id marks a finished input
+        if state in (_NORMAL, _WAITING) and run.first_token is None:
+            run.first_token = time.monotonic()
+        for i, lane in enumerate(run.lanes):
+            r = results[i]
+            if state in (_NORMAL, _WAITING) and int(r.token_id) < 0 and not r.text:
+                continue
+            self._on_one(lane, r, state)
+        run.runtime_error = any(lane.runtime_error for lane in run.lanes)
+        return 0
+
+    def _on_one(self, run: _Run, r: Any, state: int) -> int:
+        """One RKLLMResult of ``run`` (the run itself, or one lane of a batch)."""
         if state == _FINISH:
             perf = getattr(r, "perf", None)
             if perf is not None:
@@ -681,6 +709,11 @@ def _perf(run: _Run) -> PerfStats:
 
 def _finish(run: _Run) -> None:
     """Release the undecoded tail, then hand the consumer the result or the error."""
+    for lane in run.lanes or ():
+        lane.state, lane.started, lane.ended = run.state, run.started, run.ended
+        lane.error, lane.return_code = run.error, run.return_code
+        lane.abort_reason = lane.abort_reason or run.abort_reason
+        _finish(lane)  # each lane's result (or error) waits in its own channel
     if run.kind == "generate" and run.state == "done":
         # an aborted run may end inside a character: drop it rather than emit U+FFFD
         pending = run.decoder.flush() if run.abort_reason is None else ""
@@ -1031,10 +1064,7 @@ class RKLLM:
             self.lib = library
         else:
             self.lib = load_library(library, runtime_version=runtime_version)
-        if self.extend.n_batch > 1:
-            raise UnsupportedFeatureError(
-                "RKLLM runs one sequence at a time; n_batch > 1 is not supported by this class "
-                "(drive the runtime through rkllm_core.library for batched runs)")
+        self.n_batch = int(self.extend.n_batch)
         param = self.lib.create_default_param()
         self.params.fill_native(param, self.lib.release, self.extend)
         self.tokenizer = tokenizer
@@ -1176,6 +1206,11 @@ class RKLLM:
     ) -> _Run:
         family = self.lib.family
         key = family.key
+        if self.n_batch > 1 and not _batch_lane.get():
+            # the runtime reads n_batch inputs: one alone would make it read past our struct
+            raise UnsupportedFeatureError(
+                f"this model was loaded with n_batch={self.n_batch}: every run takes "
+                f"{self.n_batch} inputs; use generate_batch([...])")
         has_role = key in ("1.2.1", "1.2.3", "1.3.0")
         given = [x is not None for x in (prompt, tokens, embeddings)]
         if sum(given) != 1:
@@ -1414,6 +1449,73 @@ class RKLLM:
         engine = self._live
         engine.submit(run, "stream()")
         return TextStream(engine, run, timeout, owner=self)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        keep_history: bool = False,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        timeout: float | None = None,
+    ) -> list[GenerationResult]:
+        """Answer several prompts in one run, on a model loaded with ``n_batch > 1`` (1.2.1+).
+
+        The runtime decodes the inputs side by side (fewer than 8 is Rockchip's advice); the
+        run ends when every input has finished. Fewer prompts than ``n_batch`` fill the free
+        lanes with the last prompt, whose extra answers are dropped. Each result has its own
+        text, tokens and perf stats. Per-run ``max_new_tokens`` needs 1.3.0 here (older
+        runtimes cannot stop one input early); stop strings and streaming are not offered for
+        batches.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM, ExtendParams
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "france" reply "Paris."\\n'
+            ...                     'default reply "Hello there!"\\n')
+            >>> with RKLLM(path, library="host", max_context_len=512,
+            ...            extend=ExtendParams(n_batch=2)) as llm:
+            ...     answers = llm.generate_batch(["Hi", "Capital of France?"])
+            >>> [a.text for a in answers]
+            ['Hello there!', 'Paris.']
+        """
+        if self.n_batch < 2:
+            raise UnsupportedFeatureError(
+                "generate_batch needs a model loaded with ExtendParams(n_batch=N), N from 2 to 8 "
+                "(runtime 1.2.1+)")
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise InvalidParameterError("prompts must be a list of strings")
+        given = list(prompts)
+        if not 1 <= len(given) <= self.n_batch:
+            raise InvalidParameterError(
+                f"give 1 to {self.n_batch} prompts (the model was loaded with "
+                f"n_batch={self.n_batch}), got {len(given)}")
+        token = _batch_lane.set(True)
+        try:
+            lanes = [self._build("generate", prompt=p, role="user", enable_thinking=False,
+                                 tokens=None, embeddings=None, image=None,
+                                 keep_history=keep_history, max_new_tokens=max_new_tokens,
+                                 sampling=sampling, lora=None, save_prompt_cache=None,
+                                 stop=None, on_token=None)
+                     for p in given + [given[-1]] * (self.n_batch - len(given))]
+        finally:
+            _batch_lane.reset(token)
+        if lanes[0].enforce_max_tokens:
+            raise self._unsupported("max_new_tokens per batch run", "1.3.0")
+        inputs = (self.lib.family.struct("RKLLMInput") * self.n_batch)(*[x.input for x in lanes])
+        run = _Run(kind="generate", input=inputs, infer=lanes[0].infer, keepalive=[inputs],
+                   max_new_tokens=lanes[0].max_new_tokens, enforce_max_tokens=False,
+                   stop=StopMatcher([]), lanes=lanes)
+        self._collect(run, timeout, "generate_batch()")
+        results: list[GenerationResult] = []
+        for lane in lanes[:len(given)]:
+            while (item := lane.channel.get(0)) is not Channel.END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                if isinstance(item, _Done):
+                    results.append(item.result)
+        return results
 
     def generate(
         self,

@@ -261,9 +261,12 @@ def test_runtime_info_reports_the_library_and_the_init_log(family: str,
     llm.close()
 
 
-def test_n_batch_above_one_is_refused_before_loading() -> None:
-    with pytest.raises(UnsupportedFeatureError, match="n_batch"):
-        open_model("1.3.0", extend=ExtendParams(n_batch=2))
+def test_n_batch_needs_1_2_1_and_is_refused_before_loading_on_older_runtimes() -> None:
+    with pytest.raises(UnsupportedFeatureError, match=r"1\.2\.1"):
+        open_model("1.2.0", extend=ExtendParams(n_batch=2))
+    batched = open_model("1.3.0", extend=ExtendParams(n_batch=2))  # batches: test_batch.py
+    assert batched.n_batch == 2
+    batched.close()
 
 
 def test_a_1_3_0_model_without_tokenizer_uses_the_given_tokenizer(model_file: ModelFile) -> None:
