@@ -178,6 +178,7 @@ class StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self.stopped = False
+        self.hit: str | None = None  # the stop string that ended the text
         self._held = ""
 
     def feed(self, text: str) -> str:
@@ -187,8 +188,11 @@ class StopMatcher:
         if not self.stops:
             return text
         self._held += text
-        cut = min((i for i in (self._held.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        # the stop that completes first in the text wins (then the longer one), so the cut
+        # does not depend on how the text was split into pieces
+        found = [(i + len(s), i, s) for s in self.stops if (i := self._held.find(s)) >= 0]
+        if found:
+            _, cut, self.hit = min(found)
             out, self._held, self.stopped = self._held[:cut], "", True
             return out
         keep = 0

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rkllm_core.chat.messages import InvalidToolCall, ToolCall, new_call_id
+from rkllm_core.streaming import StopMatcher
 
 ToolFormat = Literal["hermes", "llama3_json", "internlm2", "deepseek_r1"]
 
@@ -274,9 +275,8 @@ class OutputParser:
     def __init__(self, *, tool_format: ToolFormat | None = None, think: bool = True,
                  starts_in_reasoning: bool = False, stop: Sequence[str] = ()) -> None:
         self.tool_format = tool_format
-        self.stops = [s for s in stop if s]
+        self._stop_matcher = StopMatcher(stop)
         self.stop_hit: str | None = None
-        self._stop_buf = ""
         # reasoning stage
         self._think = think or starts_in_reasoning
         self._in_reasoning = starts_in_reasoning
@@ -302,18 +302,9 @@ class OutputParser:
         """Take the next piece of model text; return what it adds to each channel."""
         if self.stopped or not text:
             return Delta()
-        if not self.stops:
-            return self._reason(text)
-        buf = self._stop_buf + text
-        hits = [(buf.find(s), s) for s in self.stops if s in buf]
-        if hits:
-            at, seq = min(hits)
-            self.stop_hit = seq
-            self._stop_buf = ""
-            return self._reason(buf[:at])
-        keep = _held_prefix(buf, self.stops)
-        self._stop_buf = buf[len(buf) - keep:] if keep else ""
-        return self._reason(buf[:len(buf) - keep])
+        released = self._stop_matcher.feed(text)
+        self.stop_hit = self._stop_matcher.hit
+        return self._reason(released)
 
     # ---- stage 2: reasoning ----
     def _reason(self, text: str) -> Delta:
@@ -445,8 +436,8 @@ class OutputParser:
     def finish(self) -> Delta:
         """Flush what was held back; call once when the run ended."""
         out = Delta()
-        if self._stop_buf:
-            rest, self._stop_buf = self._stop_buf, ""
+        rest = self._stop_matcher.flush()
+        if rest:
             out.extend(self._reason(rest))
         if self._think_buf:
             rest, self._think_buf = self._think_buf, ""
