@@ -62,7 +62,7 @@ def test_quick_run_measures_each_consumer(quick_run: tuple[dict[str, Any], Path]
         assert len(modes["reuse_on"]) == len(modes["reuse_off"]) > 1
     assert {r["variant"] for r in suites["embeddings"]["rows"]} >= {"runtime_loop",
                                                                      "core_embed"}
-    assert [r["package"] for r in suites["imports"]["rows"]] == ["rkllm_core"]
+    assert [r["package"] for r in suites["imports"]["rows"]] == ["rkllm_core", "rkllm_core.RKLLM"]
 
 
 def test_quick_run_writes_markdown_next_to_the_json(

@@ -109,7 +109,7 @@ def build_host_runtime(
     gguf: bool | None = None,
     force: bool = False,
     directory: Path | None = None,
-    sanitize: bool = False,
+    sanitize: bool | None = None,
 ) -> Path:
     """Build (or reuse) the host runtime for ``family`` and return the library's path.
 
@@ -120,8 +120,11 @@ def build_host_runtime(
             installed. True: fail with a clear message when it is not.
         force: rebuild even when a library with the same fingerprint exists.
         directory: where to put it (default :func:`cache_dir`).
-        sanitize: build with AddressSanitizer and UndefinedBehaviorSanitizer.
+        sanitize: build with AddressSanitizer and UndefinedBehaviorSanitizer (None: when
+            ``RKLLM_HOST_SANITIZE=1``; the process must then preload libasan).
     """
+    if sanitize is None:
+        sanitize = os.environ.get("RKLLM_HOST_SANITIZE") == "1"
     if family not in FAMILY_MACRO:
         raise RuntimeVersionError(
             f"unknown runtime family {family!r}; choose one of {', '.join(FAMILY_MACRO)}"
@@ -138,7 +141,8 @@ def build_host_runtime(
     flags = ["-std=c11", "-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
              "-Wall", f"-DRKLLM_HOST_FAMILY={FAMILY_MACRO[family]}"]
     if sanitize:
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer"]
     sources = [str(SOURCE_DIR / s) for s in SOURCES]
     link: list[str] = ["-lm"]
     if use_gguf and llama:
