@@ -178,3 +178,16 @@ def test_the_readme_main_job_streams_a_real_answer_on_the_host_cpu() -> None:
     assert "host CPU" in result.stdout
     assert "Paris" in result.stdout
     assert "runtime 1.3.0" in result.stdout
+
+
+@pytest.mark.gguf
+def test_the_readme_rag_example_retrieves_and_answers_on_the_host_cpu() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLM_")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "rag.py"), "How do I check the NPU driver?"],
+        capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "host CPU" in out and "embedded" in out and "retrieved:" in out
+    answer = out.split("> How do I check the NPU driver?", 1)[1]
+    assert answer.strip()  # a streamed answer followed the retrieved passages
