@@ -162,6 +162,24 @@ class Utf8Decoder:
         return str(self._decoder.decode(b"", final=True))
 
 
+def held_prefix(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that may be the start of one of ``markers``: the
+    text a stream must hold back until it knows whether a marker follows.
+
+    Example:
+        >>> from rkllm_core.streaming import held_prefix
+        >>> held_prefix("Hello <tool", ["<tool_call>"]), held_prefix("Hello", ["<tool_call>"])
+        (5, 0)
+    """
+    best = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), best, -1):
+            if text.endswith(marker[:k]):
+                best = k
+                break
+    return best
+
+
 class StopMatcher:
     """Release streamed text up to (not including) the first stop string.
 
@@ -195,12 +213,7 @@ class StopMatcher:
             _, cut, self.hit = min(found)
             out, self._held, self.stopped = self._held[:cut], "", True
             return out
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self._held)), keep, -1):
-                if self._held.endswith(stop[:n]):
-                    keep = n
-                    break
+        keep = held_prefix(self._held, self.stops)
         out = self._held[: len(self._held) - keep]
         self._held = self._held[len(self._held) - keep:]
         return out

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rkllm_core.chat.messages import InvalidToolCall, ToolCall, new_call_id
-from rkllm_core.streaming import StopMatcher
+from rkllm_core.streaming import StopMatcher, held_prefix
 
 ToolFormat = Literal["hermes", "llama3_json", "internlm2", "deepseek_r1"]
 
@@ -99,17 +99,6 @@ class ParsedOutput:
     tool_calls: list[ToolCall]
     invalid_tool_calls: list[InvalidToolCall]
     stop_sequence: str | None = None
-
-
-def _held_prefix(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of a marker."""
-    best = 0
-    for marker in markers:
-        for k in range(min(len(marker) - 1, len(text)), best, -1):
-            if text.endswith(marker[:k]):
-                best = k
-                break
-    return best
 
 
 class _ArgsScanner:
@@ -329,7 +318,7 @@ class OutputParser:
         if self._in_reasoning:
             end = buf.find(THINK_END)
             if end < 0:
-                keep = _held_prefix(buf, [THINK_END])
+                keep = held_prefix(buf, [THINK_END])
                 # newlines right before </think> are not reasoning: hold them until text follows
                 keep += len(buf[:len(buf) - keep]) - len(buf[:len(buf) - keep].rstrip())
                 self._think_buf = buf[len(buf) - keep:] if keep else ""
@@ -371,7 +360,7 @@ class OutputParser:
             if self._block is None:
                 found = [(buf.find(m), -len(m), m) for m in fmt.starts if m in buf]
                 if not found:
-                    keep = _held_prefix(buf, [*fmt.starts, *fmt.ignorable])
+                    keep = held_prefix(buf, [*fmt.starts, *fmt.ignorable])
                     self._tool_buf = buf[len(buf) - keep:] if keep else ""
                     self._emit_content(out, buf[:len(buf) - keep], fmt)
                     return out
@@ -384,7 +373,7 @@ class OutputParser:
             else:
                 end = buf.find(fmt.end)
                 if end < 0:
-                    keep = _held_prefix(buf, [fmt.end])
+                    keep = held_prefix(buf, [fmt.end])
                     self._tool_buf = buf[len(buf) - keep:] if keep else ""
                     out.tool_calls.extend(self._block.feed(buf[:len(buf) - keep]))
                     return out
