@@ -102,13 +102,20 @@ def _child_main(read_fd: int, write_fd: int) -> None:
 
     def serve_stream(rid: int, stream: Any) -> None:
         try:
-            for chunk in stream:
-                send(("chunk", rid, chunk.text, chunk.token_id))
+            for _chunk in stream:
+                pass  # each chunk was sent from the runtime's callback (forward_from)
             send(("done", rid, stream.result))
         except BaseException as exc:
             send(("error", rid, _picklable(exc)))
         finally:
             streams.pop(rid, None)
+
+    def forward_from(rid: int) -> Callable[[Any], None]:
+        def forward(chunk: Any) -> None:
+            # written to the pipe inside the runtime's callback, before the runtime goes on:
+            # if it crashes right after, the parent still has every token it emitted
+            send(("chunk", rid, chunk.text, chunk.token_id))
+        return forward
 
     def serve_call(rid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -132,7 +139,8 @@ def _child_main(read_fd: int, write_fd: int) -> None:
             if kind == "run":
                 _, rid, kwargs = message
                 try:
-                    stream = llm.stream(**kwargs)  # queued now: runs keep the callers' order
+                    # queued now: runs keep the callers' order
+                    stream = llm.stream(on_token=forward_from(rid), **kwargs)
                 except BaseException as exc:
                     send(("error", rid, _picklable(exc)))
                     continue

@@ -719,8 +719,14 @@ def _finish(run: _Run) -> None:
         pending = run.decoder.flush() if run.abort_reason is None else ""
         tail = run.stop.feed(pending) + run.stop.flush()
         if tail:
+            chunk = StreamChunk(tail, None)
             run.text_parts.append(tail)
-            run.channel.put(StreamChunk(tail, None))
+            if run.on_token is not None:
+                try:
+                    run.on_token(chunk)  # it sees every chunk the stream has, the tail included
+                except BaseException as exc:
+                    run.error = run.error or exc
+            run.channel.put(chunk)
     if run.error is not None:
         run.channel.put(_Failure(run.error))
     elif run.runtime_error or run.return_code != 0:
@@ -1418,13 +1424,15 @@ class RKLLM:
         lora: str | None = None,
         save_prompt_cache: str | os.PathLike[str] | None = None,
         stop: Sequence[str] | None = None,
+        on_token: Callable[[StreamChunk], object] | None = None,
         before: Sequence[Callable[[Any], None]] = (),
         timeout: float | None = None,
     ) -> TextStream:
         """Start a run and return a :class:`TextStream` of its chunks.
 
         Takes the same arguments as :meth:`generate`. The run is queued at once; iterate the
-        stream to receive chunks as the runtime produces them.
+        stream to receive chunks as the runtime produces them. ``on_token`` sees each chunk on
+        the worker thread before the stream does (inside the runtime's callback).
 
         Example:
             >>> import tempfile, pathlib
@@ -1443,7 +1451,7 @@ class RKLLM:
                           tokens=tokens, embeddings=embeddings, image=image,
                           keep_history=keep_history, max_new_tokens=max_new_tokens,
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
-                          stop=stop, on_token=None)
+                          stop=stop, on_token=on_token)
         run.before = list(before)
         check_timeout(timeout)
         engine = self._live

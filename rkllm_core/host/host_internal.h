@@ -58,6 +58,7 @@ typedef struct {
     int slow_token_index;      /* this token (0-based) is delayed by slow_token_ms */
     int slow_token_ms;
     int hang_after_tokens;     /* stop calling back after N tokens until aborted (-1 off) */
+    int crash_after_tokens;    /* SIGSEGV once the callback of token N returns (-1 off) */
     int needs_tokenizer_callback; /* 1.3.0 models exported without a tokenizer */
     char *platform;
     char *toolkit_version;

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -237,6 +238,7 @@ static void config_defaults(host_model_config *cfg) {
     cfg->error_after_tokens = -1;
     cfg->slow_token_index = -1;
     cfg->hang_after_tokens = -1;
+    cfg->crash_after_tokens = -1;
     cfg->platform = strdup("RK3588");
     cfg->toolkit_version = strdup(HOST_RUNTIME_VERSION);
     cfg->dtype = strdup("W8A8");
@@ -993,6 +995,11 @@ static int do_run(host_ctx *c, host_job *job) {
         if (call_back(c, results, st, job->userdata) == 1) {
             paused = 1;
             break;
+        }
+        if (c->cfg.crash_after_tokens >= 0 && step >= c->cfg.crash_after_tokens) {
+            /* a fault inside the runtime, as librkllmrt's on a board: right after a callback */
+            host_log('E', "model file crash_after_tokens: raising SIGSEGV");
+            raise(SIGSEGV);
         }
         (void)newly_done;
     }

@@ -254,6 +254,20 @@ def test_on_token_sees_every_chunk_on_the_worker_thread() -> None:
     llm.close()
 
 
+def test_on_token_sees_the_held_back_tail_too_in_generate_and_stream(
+        model_file: ModelFile) -> None:
+    # " wor" may start the stop string " world": held back until the run ends, then released
+    llm = open_model("1.3.0", model_file('default reply "Hello wor"\n'))
+    texts: list[str] = []
+    result = llm.generate("Hi", stop=[" world"], on_token=lambda c: texts.append(c.text))
+    assert "".join(texts) == result.text == "Hello wor"
+    streamed: list[str] = []
+    chunks = [c.text for c in llm.stream("Hi", stop=[" world"],
+                                         on_token=lambda c: streamed.append(c.text))]
+    assert streamed == chunks and "".join(chunks) == "Hello wor"
+    llm.close()
+
+
 def test_calling_the_model_from_on_token_raises_instead_of_deadlocking() -> None:
     llm = open_model("1.3.0")
     with pytest.raises(Exception, match="from inside a run's callback"):

@@ -237,3 +237,47 @@ def test_failed_starts_and_restarts_leak_no_file_descriptors(model_file: ModelFi
     while open_fds() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("thread", ["caller", "runtime"])
+def test_a_crash_inside_the_runtime_loses_none_of_the_tokens_it_emitted(
+        model_file: ModelFile, thread: str) -> None:
+    # the runtime raises SIGSEGV as soon as the callback of its fourth token returns, so the
+    # child has no time to forward anything after the callback: ten crashes in a row
+    reply = "alpha beta gamma delta epsilon zeta"
+    path = model_file(f"callback_thread = {thread}\ncrash_after_tokens = 4\n"
+                      f'default reply "{reply}"\n')
+    with IsolatedRKLLM(path, library="host", runtime_version="1.3.0",
+                       max_context_len=512) as llm:
+        for attempt in range(10):
+            streamed: list[tuple[str, int | None]] = []
+            with pytest.raises(RuntimeCrashedError, match="SIGSEGV") as info:
+                for chunk in llm.stream(f"go {attempt}"):
+                    streamed.append((chunk.text, chunk.token_id))
+            assert "".join(text for text, _ in streamed) == "alpha beta gamma delta"
+            assert info.value.partial_text == "alpha beta gamma delta"
+            assert len(streamed) == 4 and all(token is not None for _, token in streamed)
+        assert llm.restarts == 9  # each call after a crash started a new process
+
+
+def test_a_crash_inside_the_runtime_keeps_the_emitted_text_for_generate_and_async(
+        model_file: ModelFile) -> None:
+    path = model_file('crash_after_tokens = 2\ndefault reply "one two three four"\n')
+    with IsolatedRKLLM(path, library="host", runtime_version="1.3.0",
+                       max_context_len=512) as llm:
+        seen: list[str] = []
+        with pytest.raises(RuntimeCrashedError) as info:
+            llm.generate("go", on_token=lambda chunk: seen.append(chunk.text))
+        assert "".join(seen) == info.value.partial_text == "one two"
+
+        async def consume() -> tuple[list[str], str]:
+            pieces: list[str] = []
+            try:
+                async for chunk in llm.astream("again"):
+                    pieces.append(chunk.text)
+            except RuntimeCrashedError as exc:
+                return pieces, exc.partial_text
+            raise AssertionError("the runtime did not crash")
+
+        pieces, partial = asyncio.run(consume())
+        assert "".join(pieces) == partial == "one two"
