@@ -20,7 +20,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rkllm_core.errors import (
-    AbortedError,
     BusyError,
     HostBuildError,
     InvalidParameterError,
@@ -87,7 +86,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "RKLLM",
-    "AbortedError",
     "AsyncTextStream",
     "BusyError",
     "ExtendParams",

@@ -106,7 +106,3 @@ class RuntimeCrashedError(RKLLMError):
 
 class ModelClosedError(RKLLMError):
     """The model was closed (or is closing): create a new :class:`rkllm_core.RKLLM`."""
-
-
-class AbortedError(RKLLMError):
-    """A run was aborted before it finished."""

@@ -432,10 +432,6 @@ class RuntimeLibrary:
         """``rkllm_run``: blocks, calling the result callback per token."""
         return int(self.function("rkllm_run")(handle, input_, infer, userdata))
 
-    def run_async(self, handle: Any, input_: Any, infer: Any, userdata: Any = None) -> int:
-        """``rkllm_run_async``: returns at once (hangs on 1.2.1; never relied on)."""
-        return int(self.function("rkllm_run_async")(handle, input_, infer, userdata))
-
     def abort(self, handle: Any) -> int:
         """``rkllm_abort(handle)``."""
         return int(self.function("rkllm_abort")(handle))

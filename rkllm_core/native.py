@@ -138,7 +138,6 @@ class NativeModel:
         handler: ResultHandler,
         *,
         tokenizer_callback: Any = None,
-        embed_callback: Any = None,
     ) -> None:
         self.lib = lib
         self.callback_errors: list[BaseException] = []
@@ -160,10 +159,8 @@ class NativeModel:
             callbacks.result_callback = self._result_cb
             if tokenizer_callback is not None:
                 callbacks.tokenizer_callback = tokenizer_callback
-            if embed_callback is not None:
-                callbacks.embed_callback = embed_callback
             self._callbacks = callbacks  # the runtime keeps this pointer: it must outlive us
-            self._extra_cbs = (tokenizer_callback, embed_callback)
+            self._tokenizer_callback = tokenizer_callback  # the runtime calls it: keep it alive
             init_cb = ctypes.byref(callbacks)
         with capture_stderr() as log:
             code = lib.init(ctypes.byref(self.handle), ctypes.byref(param), init_cb)

@@ -226,8 +226,11 @@ def test_a_conversation_longer_than_the_context_stays_correct(tmp_path: Path) ->
         # instead of replaying a history that no longer fits
         assert turn.reused_cache
         history[-1] = ChatMessage.user("What is my name?")
-        assert chat.generate(history).message.content in ("Your name is Alice.",
-                                                          "I do not know.")
+        last = chat.generate(history)
+        # the first turn was trimmed out of the cache, as the NPU runtime trims it: the model
+        # no longer holds the name, and the engine did not replay a history that cannot fit
+        assert last.reused_cache and small.kv_cache_size <= 160
+        assert last.message.content == "I do not know."
 
 
 def test_async_structured_output_and_function_calling_method(llm: RKLLM) -> None:

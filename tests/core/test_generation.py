@@ -62,7 +62,8 @@ def test_perf_comes_from_the_runtime_from_1_2_1(llm: RKLLM) -> None:
 def test_perf_is_measured_when_the_runtime_gives_none(llm: RKLLM) -> None:
     perf = llm.generate("What is the capital of France?").perf
     assert perf.prefill_tokens is None and perf.peak_memory_mb is None
-    assert perf.decode_tokens == 7 and perf.decode_ms >= 0
+    assert perf.decode_tokens == 7 and perf.prefill_ms > 0 and perf.decode_ms > 0
+    assert perf.tokens_per_second == pytest.approx(7 * 1000 / perf.decode_ms)
 
 
 @pytest.mark.parametrize("llm", FAMILIES, indirect=True)

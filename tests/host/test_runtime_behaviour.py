@@ -82,7 +82,7 @@ def test_finish_carries_perf_stats(session: Session) -> None:
     generated = sum(1 for e in run.events if e.state in (0, 1))
     assert perf["generate_tokens"] == generated
     assert perf["prefill_tokens"] > len(["What", "is", "the", "capital", "of", "France?"])
-    assert perf["prefill_time_ms"] >= 0 and perf["generate_time_ms"] >= 0
+    assert perf["prefill_time_ms"] > 0 and perf["generate_time_ms"] > 0
     assert perf["memory_usage_mb"] > 10  # VmHWM of this process
 
 
@@ -413,10 +413,9 @@ def test_run_async_returns_at_once_and_calls_back_from_its_thread(
     done = threading.Event()
     s.on_event = lambda e: done.set() if e.state == 2 else None
     inp, ip = s.make_input("Hello"), s.make_infer()
-    started = time.monotonic()
-    assert s.lib.run_async(s.model.handle, ctypes.byref(inp), ctypes.byref(ip), None) == 0
-    assert time.monotonic() - started < 0.1
-    assert s.lib.is_running(s.model.handle)
+    run_async = s.lib.function("rkllm_run_async")  # rkllm-py never calls it (rknn-llm #320)
+    assert run_async(s.model.handle, ctypes.byref(inp), ctypes.byref(ip), None) == 0
+    assert s.lib.is_running(s.model.handle) and not done.is_set()  # it returned mid-run
     assert done.wait(5)
     assert b"".join(e.texts[0] or b"" for e in s.events if e.state == 0) == b"a b c d e f"
     assert {e.thread for e in s.events} != {threading.get_ident()}
