@@ -504,7 +504,25 @@ class IsolatedRKLLM:
         crashed
         >>> llm.generate("Hi").text, llm.restarts        # a new child answers
         ('still here', 1)
-        >>> llm.close()
+        >>> "".join(chunk.text for chunk in llm.stream("Hi"))
+        'still here'
+        >>> import asyncio
+        >>> async def both() -> tuple[str, str]:
+        ...     streamed = [chunk.text async for chunk in llm.astream("Hi")]
+        ...     return "".join(streamed), (await llm.agenerate("Hi")).text
+        >>> asyncio.run(both())
+        ('still here', 'still here')
+        >>> llm.embed(["a cat", "a dog"]).shape
+        (2, 64)
+        >>> _ = llm.generate("Hi", keep_history=True)
+        >>> llm.kv_cache_size > 0, llm.abort()            # nothing is running to abort
+        (True, False)
+        >>> llm.clear_kv_cache(); llm.kv_cache_size
+        0
+        >>> llm.runtime_info.is_host_runtime, llm.closed
+        (True, False)
+        >>> llm.close(); llm.closed
+        True
     """
 
     def __init__(

@@ -37,7 +37,16 @@ def new_call_id() -> str:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A well-formed call the model asked for: a tool name and its JSON arguments."""
+    """A well-formed call the model asked for: a tool name and its JSON arguments.
+
+    Example:
+        >>> from rkllm_core.chat import ToolCall
+        >>> call = ToolCall("get_weather", {"city": "Paris"}, id="call_1")
+        >>> call.arguments_json()
+        '{"city": "Paris"}'
+        >>> call.to_openai()["function"]
+        {'name': 'get_weather', 'arguments': {'city': 'Paris'}}
+    """
 
     name: str
     arguments: Mapping[str, Any]
@@ -55,7 +64,16 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class InvalidToolCall:
-    """Tool-call text the model produced that could not be parsed; kept raw, never raised."""
+    """Tool-call text the model produced that could not be parsed; kept raw, never raised.
+
+    Example:
+        >>> from rkllm_core.chat import OutputParser
+        >>> parser = OutputParser(tool_format="hermes")
+        >>> _ = parser.feed('<tool_call>{"name": "f", "arguments": {oops}}</tool_call>')
+        >>> bad = parser.finish_result().invalid_tool_calls[0]
+        >>> bad.name, bad.raw
+        ('f', '{"name": "f", "arguments": {oops}}')
+    """
 
     raw: str
     error: str
@@ -65,7 +83,16 @@ class InvalidToolCall:
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A tool the model may call, as a JSON-schema function definition."""
+    """A tool the model may call, as a JSON-schema function definition.
+
+    Example:
+        >>> from rkllm_core.chat import ToolSpec
+        >>> spec = ToolSpec("get_weather", "The weather in a city",
+        ...                 {"type": "object", "properties": {"city": {"type": "string"}}})
+        >>> openai = spec.to_openai()
+        >>> openai["function"]["name"], ToolSpec.from_openai(openai) == spec
+        ('get_weather', True)
+    """
 
     name: str
     description: str = ""
@@ -125,6 +152,19 @@ class ChatMessage:
     ``images`` holds image embeddings (numpy arrays of ``n_image_tokens x hidden``) for a
     multimodal user turn; ``reasoning`` the thinking text of an assistant turn (never sent back
     to the model, as the families' templates drop it).
+
+    Example:
+        >>> from rkllm_core.chat import ChatMessage, ToolCall
+        >>> call = ToolCall("get_weather", {"city": "Paris"}, id="call_1")
+        >>> turns = [ChatMessage.system("Be terse."), ChatMessage.user("Weather in Paris?"),
+        ...          ChatMessage.assistant("", tool_calls=[call]),
+        ...          ChatMessage.tool("sunny", tool_call_id="call_1", name="get_weather")]
+        >>> [t.to_openai()["role"] for t in turns]
+        ['system', 'user', 'assistant', 'tool']
+        >>> again = ChatMessage.assistant("", tool_calls=[ToolCall("get_weather",
+        ...                                                         {"city": "Paris"})])
+        >>> turns[2].same_turn(again)  # a framework's new call id is the same turn
+        True
     """
 
     role: Role

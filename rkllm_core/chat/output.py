@@ -64,7 +64,17 @@ _ARGS_RE = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 @dataclass
 class ToolCallDelta:
     """A piece of the ``index``-th tool call: its id and name once known, argument text as it
-    streams. Concatenating ``arguments`` of one index gives the call's arguments JSON."""
+    streams. Concatenating ``arguments`` of one index gives the call's arguments JSON.
+
+    Example:
+        >>> from rkllm_core.chat import OutputParser
+        >>> parser = OutputParser(tool_format="hermes")
+        >>> pieces = ['<tool_call>{"name": "f", "argu', 'ments": {"x": 1}}</tool_call>']
+        >>> deltas = [d for p in pieces for d in parser.feed(p).tool_calls]
+        >>> deltas += parser.finish().tool_calls
+        >>> deltas[0].index, deltas[0].name, "".join(d.arguments for d in deltas)
+        (0, 'f', '{"x": 1}')
+    """
 
     index: int
     id: str | None = None
@@ -74,7 +84,15 @@ class ToolCallDelta:
 
 @dataclass
 class Delta:
-    """What one piece of model output adds to each channel."""
+    """What one piece of model output adds to each channel.
+
+    Example:
+        >>> from rkllm_core.chat import Delta
+        >>> total = Delta(reasoning="Paris? ")
+        >>> total.extend(Delta(content="Paris."))
+        >>> total.content, total.reasoning, bool(Delta())
+        ('Paris.', 'Paris? ', False)
+    """
 
     content: str = ""
     reasoning: str = ""
@@ -92,7 +110,16 @@ class Delta:
 
 @dataclass
 class ParsedOutput:
-    """The whole turn: content, reasoning, parsed and unparsable tool calls, the stop hit."""
+    """The whole turn: content, reasoning, parsed and unparsable tool calls, the stop hit.
+
+    Example:
+        >>> from rkllm_core.chat import OutputParser
+        >>> parser = OutputParser(stop=["\\nUser:"])
+        >>> _ = parser.feed("<think>easy</think>Hi!\\nUser: more")
+        >>> turn = parser.finish_result()
+        >>> turn.content, turn.reasoning, turn.stop_sequence, parser.stopped
+        ('Hi!', 'easy', '\\nUser:', True)
+    """
 
     content: str
     reasoning: str
@@ -259,6 +286,14 @@ class OutputParser:
         starts_in_reasoning: the prompt ended inside ``<think>`` (DeepSeek-R1 distills), so the
             text is reasoning until ``</think>``.
         stop: stop sequences; the first one seen ends the turn exactly before it.
+
+    Example:
+        >>> from rkllm_core.chat import OutputParser
+        >>> parser = OutputParser(think=True)
+        >>> [parser.feed(p).content for p in ["<think>hm</think>", "Hello", " there"]]
+        ['', 'Hello', ' there']
+        >>> parser.finish().content, parser.finish_result().reasoning
+        ('', 'hm')
     """
 
     def __init__(self, *, tool_format: ToolFormat | None = None, think: bool = True,
