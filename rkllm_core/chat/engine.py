@@ -67,7 +67,23 @@ TOOL_RESPONSE = "tool_response"
 @dataclass(frozen=True)
 class ChatUsage:
     """Tokens of one call: ``input_tokens`` is the whole context the reply was computed on
-    (reused cache plus what was prefilled now), ``prefill_tokens`` what this call prefilled."""
+    (reused cache plus what was prefilled now), ``prefill_tokens`` what this call prefilled.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     chat = ChatEngine(llm)
+        ...     first = chat.generate([ChatMessage.user("Hello")])
+        ...     second = chat.generate([ChatMessage.user("Hello"), first.message,
+        ...                             ChatMessage.user("Again")])
+        >>> u = second.usage  # the first turn was in the KV cache: only the new one prefilled
+        >>> u.prefill_tokens < u.input_tokens, u.total_tokens == u.input_tokens + u.output_tokens
+        (True, True)
+    """
 
     input_tokens: int
     output_tokens: int
@@ -84,7 +100,19 @@ class ChatUsage:
 
 @dataclass
 class ChatChunk:
-    """One streamed piece of an assistant turn."""
+    """One streamed piece of an assistant turn.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     chunks = list(ChatEngine(llm).stream([ChatMessage.user("Hello")]))
+        >>> "".join(c.content for c in chunks), chunks[0].reasoning, chunks[0].tool_calls
+        ('Hi there.', '', [])
+    """
 
     content: str = ""
     reasoning: str = ""
@@ -98,6 +126,17 @@ class ChatResult:
 
     ``finish_reason``: ``stop`` (end of turn or a stop sequence), ``tool_calls`` (the turn
     asks for tools), ``length``, ``abort`` or ``error``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     turn = ChatEngine(llm).generate([ChatMessage.user("Hello")], stop=[" there"])
+        >>> turn.message.content, turn.finish_reason, turn.stop_sequence, turn.mode
+        ('Hi', 'stop', ' there', 'native')
     """
 
     message: ChatMessage
@@ -372,6 +411,24 @@ class ChatEngine:
         ...                                     tools=[weather])
         >>> turn.finish_reason, turn.message.tool_calls[0].name
         ('tool_calls', 'get_weather')
+
+        Streaming, asyncio, and a new conversation:
+
+        >>> import asyncio
+        >>> llm = RKLLM(path, library="host", max_context_len=512)
+        >>> chat = ChatEngine(llm)
+        >>> "".join(c.content for c in chat.stream([ChatMessage.user("Hi")]))
+        'OK.'
+        >>> async def both() -> tuple[str, str]:
+        ...     streamed = [c.content async for c in chat.astream([ChatMessage.user("Hi")])]
+        ...     turn = await chat.agenerate([ChatMessage.user("Hi")])
+        ...     return "".join(streamed), turn.message.content
+        >>> asyncio.run(both())
+        ('OK.', 'OK.')
+        >>> chat.reset()  # forget the cache: the next turn replays its whole conversation
+        >>> chat.generate([ChatMessage.user("Hi")]).reused_cache
+        False
+        >>> llm.close()
     """
 
     def __init__(self, model: Any, *, mode: Mode | None = None, preset: Any = None,
@@ -969,6 +1026,18 @@ class ChatStream(_ChatStreamBase):
 
     Leaving the loop early (``break``, an exception) aborts the run; the model stays usable and
     the next turn replays what the cache no longer holds.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
+        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...     stream = ChatEngine(llm).stream([ChatMessage.user("Hello")])
+        ...     text = "".join(chunk.content for chunk in stream)
+        >>> text == stream.result.message.content == "Hi there."
+        True
     """
 
     def __iter__(self) -> Iterator[ChatChunk]:
@@ -997,7 +1066,22 @@ class ChatStream(_ChatStreamBase):
 
 
 class AsyncChatStream(_ChatStreamBase):
-    """The asyncio twin of :class:`ChatStream`."""
+    """The asyncio twin of :class:`ChatStream`.
+
+    Example:
+        >>> import asyncio
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import RKLLM
+        >>> from rkllm_core.chat import ChatEngine, ChatMessage
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
+        >>> async def main() -> str:
+        ...     with RKLLM(path, library="host", max_context_len=512) as llm:
+        ...         stream = ChatEngine(llm).astream([ChatMessage.user("Hello")])
+        ...         return "".join([chunk.content async for chunk in stream])
+        >>> asyncio.run(main())
+        'Hi there.'
+    """
 
     async def _iterate(self) -> AsyncIterator[ChatChunk]:
         try:
