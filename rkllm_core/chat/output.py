@@ -292,8 +292,8 @@ class OutputParser:
         >>> parser = OutputParser(think=True)
         >>> [parser.feed(p).content for p in ["<think>hm</think>", "Hello", " there"]]
         ['', 'Hello', ' there']
-        >>> parser.finish().content, parser.finish_result().reasoning
-        ('', 'hm')
+        >>> parser.finish().content, parser.finish_result().reasoning, parser.stopped
+        ('', 'hm', False)
     """
 
     def __init__(self, *, tool_format: ToolFormat | None = None, think: bool = True,
