@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import embeddings, imports, latency, multiturn, overhead, report
+from benchmarks import embeddings, imports, latency, multiturn, overhead, report, tokenizer
 from benchmarks._common import Context, machine_info
 
 SUITES: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -28,6 +28,7 @@ SUITES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "multiturn": multiturn.run,
     "embeddings": embeddings.run,
     "imports": imports.run,
+    "tokenizer": tokenizer.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -170,6 +170,19 @@ def markdown(results: dict[str, Any]) -> str:
                        f"{_spread(r['wall_minus_bare_ms'], 0)} | "
                        f"{r['rss_added_mib']['median']:.1f} | {heavy} |")
         out += [f"- note: {n}" for n in s["notes"]] + [""]
+    if "tokenizer" in suites:
+        s = suites["tokenizer"]
+        out += ["## 6. Tokenizer load (tokens mode)", "",
+                f"`ChatTokenizer.from_gguf` on {s.get('model', 'the GGUF')}, a fresh interpreter "
+                f"each time, {s['repeats']} repeats, median (min-max); the two engines take "
+                "turns. Same ids for the test prompt on both: "
+                f"{'yes' if s.get('same_ids') else 'no' if s.get('same_ids') is False else '—'}.",
+                "", "| engine | load ms | first encode ms | prompt tokens |",
+                "|---|---:|---:|---:|"]
+        for r in s["rows"]:
+            out.append(f"| {r['engine']} ({r['tokenizer_class']}) | {_spread(r['load_ms'], 0)} | "
+                       f"{_spread(r['first_encode_ms'], 2)} | {r['prompt_tokens']} |")
+        out += [f"- note: {n}" for n in s["notes"]] + [""]
     for name, error in results.get("errors", {}).items():
         out += [f"## {name}: failed", "", "```", error.rstrip(), "```", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("overhead", "latency", "multiturn", "embeddings", "imports")
+SUITES = ("overhead", "latency", "multiturn", "embeddings", "imports", "tokenizer")
+
+
+def _smollm2_is_installed() -> bool:
+    from rkllm_core.host.models import smollm2_path
+
+    try:
+        smollm2_path()
+    except Exception:
+        return False
+    return True
 
 
 def _numbers(value: Any) -> list[float]:
@@ -63,6 +73,13 @@ def test_quick_run_measures_each_consumer(quick_run: tuple[dict[str, Any], Path]
     assert {r["variant"] for r in suites["embeddings"]["rows"]} >= {"runtime_loop",
                                                                      "core_embed"}
     assert [r["package"] for r in suites["imports"]["rows"]] == ["rkllm_core", "rkllm_core.RKLLM"]
+    tokenizer = suites["tokenizer"]
+    if _smollm2_is_installed():
+        assert [r["engine"] for r in tokenizer["rows"]] == ["llama.cpp", "rebuilt"]
+        assert tokenizer["same_ids"] is True
+        assert all(r["load_ms"]["median"] > 0 for r in tokenizer["rows"])
+    else:
+        assert tokenizer["rows"] == [] and "skipped" in tokenizer["notes"][0]
 
 
 def test_quick_run_writes_markdown_next_to_the_json(
@@ -70,3 +87,4 @@ def test_quick_run_writes_markdown_next_to_the_json(
     _, out = quick_run
     report = (out / "quick.md").read_text()
     assert "## Targets" in report and "## 5. Import time and memory" in report
+    assert "## 6. Tokenizer load (tokens mode)" in report
