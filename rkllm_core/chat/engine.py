@@ -242,26 +242,28 @@ def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] 
     turns to run (history, extra generate arguments) and receives their results."""
     from rkllm_core.chat.structured import (
         StructuredOutputError,
+        arguments_error,
         check_reply,
+        check_schema,
         json_instruction,
         repair_request,
-        schema_errors,
     )
 
     history = list(messages)
     if method == "function_calling":
         if schema is None:
             raise InvalidParameterError("function_calling needs a schema")
+        check_schema(schema)  # a schema the validator refuses fails here, before any run
         extra: dict[str, Any] = {"tools": [ToolSpec(name, description, schema)],
                                  "tool_choice": name}
         result = yield history, extra
         for attempt in range(2):
             call = next((c for c in result.message.tool_calls if c.name == name), None)
             if call is not None:
-                problems = schema_errors(dict(call.arguments), schema)
-                if not problems:
+                problem = arguments_error(call.arguments, schema)
+                if problem is None:
                     return dict(call.arguments), result
-                error = "; ".join(problems[:5])
+                error = problem
             else:
                 error = f"no call to the tool `{name}`"
             if attempt == 0:
@@ -272,10 +274,12 @@ def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] 
     if method not in ("json_schema", "json_mode"):
         raise InvalidParameterError(
             f"method must be json_schema, json_mode or function_calling, not {method!r}")
-    sentence = json_instruction(schema if method == "json_schema" else None)
+    wanted = schema if method == "json_schema" else None
+    if wanted is not None:
+        check_schema(wanted)
+    sentence = json_instruction(wanted)
     system, rest = _split_system(history)
     history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
-    wanted = schema if method == "json_schema" else None
     for attempt in range(2):
         result = yield history, {}
         value, problem = check_reply(result.message.content, wanted)
