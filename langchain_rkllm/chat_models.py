@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.output_parsers.pydantic import PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -32,6 +33,7 @@ from langchain_rkllm._convert import (
 from langchain_rkllm._model import LoadedModel
 from rkllm_core.chat.engine import ChatChunk, ChatEngine
 from rkllm_core.chat.engine import ChatResult as TurnResult
+from rkllm_core.chat.messages import ToolSpec
 from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.errors import InvalidParameterError
 
@@ -145,8 +147,10 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
         Joke(setup='Why did the NPU nap?', punchline='Cache.')
 
         Methods: ``function_calling`` (default; a forced tool call), ``json_schema`` and
-        ``json_mode``; a reply that does not validate gets one repair turn.
-        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``.
+        ``json_mode``. Replies are validated against the whole JSON schema (nested models,
+        lists, optionals, enums); one that does not validate gets one repair turn quoting the
+        validator's messages, then raises ``OutputParserException`` with the model's text in
+        ``llm_output``. ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``.
 
     Reasoning:
         >>> thinking = llm.invoke("A puzzle: 2 + 2?", reasoning=True)
@@ -270,15 +274,17 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
     @staticmethod
     def _structured_args(args: dict[str, Any], response_format: Any) -> tuple[
             list[Any], dict[str, Any]]:
-        method, schema = _response_format(response_format)
+        method, schema, tool = _response_format(response_format, args["tools"])
+        named = {} if tool is None else {"name": tool.name, "description": tool.description}
         return [args["messages"], schema], dict(
-            method=method, enable_thinking=args["enable_thinking"],
+            method=method, **named, enable_thinking=args["enable_thinking"],
             max_new_tokens=args["max_new_tokens"], sampling=args["sampling"],
             timeout=args["timeout"])
 
     @staticmethod
     def _unstructured(exc: StructuredOutputError, model_name: str) -> AIMessage:
-        # the reply goes on to the parser, which reports it (parsing_error with include_raw)
+        # the reply goes on to with_structured_output's parser, which raises the error as an
+        # OutputParserException (parsing_error with include_raw)
         return AIMessage(content=exc.raw, response_metadata={
             "model_name": model_name, "model_provider": "rkllm", "finish_reason": "stop",
             "structured_output_error": str(exc)})
@@ -294,16 +300,10 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
 
     async def _astructured(self, engine: ChatEngine, args: dict[str, Any],
                            response_format: Any, model_name: str) -> AIMessage:
-        native = getattr(engine, "agenerate_structured", None)
-        if native is None:
-            # an engine without the async variant: its sync turns run off the event loop
-            import asyncio
-
-            return await asyncio.to_thread(self._structured, engine, args, response_format,
-                                           model_name)
+        # runs on the engine's async streams: a cancelled call aborts the run on the model
         positional, options = self._structured_args(args, response_format)
         try:
-            _value, turn = await native(*positional, **options)
+            _value, turn = await engine.agenerate_structured(*positional, **options)
         except StructuredOutputError as exc:
             return self._unstructured(exc, model_name)
         return to_ai_message(turn, model_name)
@@ -445,7 +445,9 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
         """A runnable that answers with ``schema`` (a pydantic class, TypedDict or JSON schema).
 
         ``strict`` is accepted for LangChain's interface; replies are always validated against
-        the schema (with one repair turn), whatever its value.
+        the schema (with one repair turn), whatever its value. A reply still wrong after the
+        repair raises ``OutputParserException`` (``llm_output`` is the model's text), with a
+        dict schema too; with ``include_raw=True`` it is the ``parsing_error``.
 
         Example:
             >>> import tempfile, pathlib
@@ -470,7 +472,9 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
             if schema is None:
                 raise InvalidParameterError("function_calling needs a schema")
             name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=trace)
+            # the call's arguments are validated against the tool's schema and repaired once
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=trace,
+                                  response_format={"type": "tool_call", "name": name})
             parser = (PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
                       if is_pydantic else
                       JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
@@ -488,6 +492,7 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
         else:
             raise InvalidParameterError(
                 f"method must be function_calling, json_schema or json_mode, not {method!r}")
+        parser = _REFUSE_INVALID_REPLY | parser
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser,
@@ -497,14 +502,42 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
                                                             exception_key="parsing_error")
 
 
-def _response_format(response_format: Any) -> tuple[Any, dict[str, Any] | None]:
-    """``response_format`` (OpenAI-style dict, JSON schema or class) to (method, schema)."""
+def _response_format(response_format: Any, tools: Sequence[ToolSpec]) -> tuple[
+        StructuredMethod, dict[str, Any] | None, ToolSpec | None]:
+    """``response_format`` (OpenAI-style dict, JSON schema or class) to (method, schema, the
+    tool to call); ``{"type": "tool_call", "name": ...}`` asks for a call to a bound tool."""
+    if isinstance(response_format, dict) and response_format.get("type") == "tool_call":
+        name = response_format.get("name")
+        tool = next((t for t in tools if t.name == name), None)
+        if tool is None:
+            raise InvalidParameterError(
+                f"response_format asks for a call to {name!r}, which is not a bound tool; use "
+                "with_structured_output(schema, method='function_calling')")
+        return "function_calling", dict(tool.parameters), tool
     if isinstance(response_format, dict) and response_format.get("type") == "json_object":
-        return "json_mode", None
+        return "json_mode", None, None
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         schema = response_format.get("schema") or response_format.get("json_schema", {}).get(
             "schema")
-        return "json_schema", schema
+        return "json_schema", schema, None
     if isinstance(response_format, dict):
-        return "json_schema", response_format
-    return "json_schema", convert_to_json_schema(response_format)
+        return "json_schema", response_format, None
+    return "json_schema", convert_to_json_schema(response_format), None
+
+
+def _refuse_invalid_reply(message: AIMessage) -> AIMessage:
+    """Pass a structured reply on to the parser, or raise what kept it from validating: a
+    parser alone would let a wrong dict through, or read a failed tool call as None."""
+    error = message.response_metadata.get("structured_output_error")
+    if error is not None:
+        raise OutputParserException(f"{error}\nThe model's reply: {message.content}",
+                                    llm_output=str(message.content))
+    return message
+
+
+async def _arefuse_invalid_reply(message: AIMessage) -> AIMessage:
+    return _refuse_invalid_reply(message)
+
+
+_REFUSE_INVALID_REPLY: Runnable[AIMessage, AIMessage] = RunnableLambda(
+    _refuse_invalid_reply, afunc=_arefuse_invalid_reply, name="refuse_invalid_reply")
