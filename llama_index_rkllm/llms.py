@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,7 +22,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
@@ -51,6 +50,7 @@ from llama_index_rkllm._convert import (
 from rkllm_core.chat.engine import ChatEngine, ChatResult
 from rkllm_core.chat.messages import ChatMessage as CoreMessage
 from rkllm_core.chat.messages import ToolSpec
+from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
 
 if TYPE_CHECKING:
@@ -393,36 +393,63 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         return self.pydantic_program_mode in (PydanticProgramMode.DEFAULT,
                                               PydanticProgramMode.FUNCTION)
 
-    def _structured_value(self, output_cls: type[Model], prompt: PromptTemplate,
-                          llm_kwargs: dict[str, Any], prompt_args: dict[str, Any]) -> Model:
+    def _structured_request(self, output_cls: type[Model], prompt: PromptTemplate,
+                            llm_kwargs: dict[str, Any], prompt_args: dict[str, Any]
+                            ) -> tuple[list[ChatMessage], tuple[Any, ...], dict[str, Any]]:
+        """The prompt's messages and the arguments of the engine's structured call."""
         messages = self._extend_messages(prompt.format_messages(llm=self, **prompt_args))
         args = self._call_args(to_chat_messages(messages), llm_kwargs)
         schema = output_cls.model_json_schema()
+        options = dict(method=self.structured_output_method,
+                       name=str(schema.get("title", output_cls.__name__)),
+                       description=str(schema.get("description", "")),
+                       enable_thinking=args["enable_thinking"],
+                       max_new_tokens=args["max_new_tokens"], sampling=args["sampling"],
+                       timeout=args["timeout"])
+        return messages, (args["messages"], schema), options
+
+    def _chat_started(self, messages: list[ChatMessage]) -> Any:
         # the engine's turns bypass chat(): report them as one chat so token counters see them
         dispatcher.event(LLMChatStartEvent(model_dict=self.to_payload(), messages=messages,
                                            additional_kwargs={}))
-        with self.callback_manager.event(CBEventType.LLM,
-                                         payload={EventPayload.MESSAGES: messages}) as event:
-            value, turn = self.engine.generate_structured(
-                args["messages"], schema, method=self.structured_output_method,
-                name=str(schema.get("title", output_cls.__name__)),
-                description=str(schema.get("description", "")),
-                enable_thinking=args["enable_thinking"], max_new_tokens=args["max_new_tokens"],
-                sampling=args["sampling"], timeout=args["timeout"])
-            response = to_chat_response(turn, self._model_name)
-            event.on_end(payload={EventPayload.MESSAGES: messages,
-                                  EventPayload.RESPONSE: response})
+        return self.callback_manager.event(CBEventType.LLM,
+                                           payload={EventPayload.MESSAGES: messages})
+
+    def _chat_ended(self, event: Any, messages: list[ChatMessage], turn: ChatResult) -> None:
+        response = to_chat_response(turn, self._model_name)
+        event.on_end(payload={EventPayload.MESSAGES: messages, EventPayload.RESPONSE: response})
         dispatcher.event(LLMChatEndEvent(messages=messages, response=response))
-        return output_cls.model_validate(value)
+
+    def _structured_value(self, output_cls: type[Model], prompt: PromptTemplate,
+                          llm_kwargs: dict[str, Any], prompt_args: dict[str, Any]) -> Model:
+        messages, positional, options = self._structured_request(output_cls, prompt,
+                                                                 llm_kwargs, prompt_args)
+        with self._chat_started(messages) as event:
+            value, turn = self.engine.generate_structured(*positional, **options)
+            self._chat_ended(event, messages, turn)
+        return _validated(output_cls, value, turn)
+
+    async def _astructured_value(self, output_cls: type[Model], prompt: PromptTemplate,
+                                 llm_kwargs: dict[str, Any], prompt_args: dict[str, Any]
+                                 ) -> Model:
+        messages, positional, options = self._structured_request(output_cls, prompt,
+                                                                 llm_kwargs, prompt_args)
+        with self._chat_started(messages) as event:
+            # the engine's async turns: cancelling this call aborts the run on the model
+            value, turn = await self.engine.agenerate_structured(*positional, **options)
+            self._chat_ended(event, messages, turn)
+        return _validated(output_cls, value, turn)
 
     @dispatcher.span
     def structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                            llm_kwargs: dict[str, Any] | None = None,
                            **prompt_args: Any) -> Model:
         """A validated ``output_cls`` for ``prompt``: a required tool call (or JSON in the
-        system prompt, ``structured_output_method="json_schema"``), checked against the schema
-        and repaired once by the chat engine. Other ``pydantic_program_mode`` s use
-        LlamaIndex's programs.
+        system prompt, ``structured_output_method="json_schema"``), checked against the whole
+        JSON schema (nested models, lists, optionals, enums) and repaired once by the chat
+        engine, then validated by ``output_cls``. A reply that still fails raises
+        :class:`~rkllm_core.chat.structured.StructuredOutputError` with the model's text in
+        ``.raw``. Other ``pydantic_program_mode`` s use LlamaIndex's programs.
 
         Example:
             >>> import tempfile, pathlib
@@ -454,16 +481,34 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
     async def astructured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                                   llm_kwargs: dict[str, Any] | None = None,
                                   **prompt_args: Any) -> Model:
-        """Async :meth:`structured_predict`; the event loop stays free."""
+        """Async :meth:`structured_predict` on the engine's async turns: the event loop stays
+        free, and cancelling the call aborts the run on the model.
+
+        Example:
+            >>> import asyncio, tempfile, pathlib
+            >>> from pydantic import BaseModel
+            >>> from llama_index.core.prompts import PromptTemplate
+            >>> from llama_index_rkllm import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "{\\\\"items\\\\": '
+            ...     '[\\\\"tea\\\\", \\\\"cake\\\\"], \\\\"total\\\\": 7}"\\n')
+            >>> class Order(BaseModel):
+            ...     items: list[str]
+            ...     total: int
+            >>> llm = RKLLM(model_path=str(path), library="host", max_context_len=512,
+            ...             structured_output_method="json_schema")
+            >>> asyncio.run(llm.astructured_predict(Order, PromptTemplate("Order {what}."),
+            ...                                     what="tea"))
+            Order(items=['tea', 'cake'], total=7)
+        """
         if not self._engine_structured():
             value: Model = await super().astructured_predict(output_cls, prompt, llm_kwargs,
                                                              **prompt_args)
             return value
         dispatcher.event(LLMStructuredPredictStartEvent(
             output_cls=output_cls, template=prompt, template_args=prompt_args))
-        # the engine has no async structured call: its runs wait on the model's worker thread
-        result = await asyncio.to_thread(self._structured_value, output_cls, prompt,
-                                         llm_kwargs or {}, prompt_args)
+        result = await self._astructured_value(output_cls, prompt, llm_kwargs or {},
+                                               prompt_args)
         dispatcher.event(LLMStructuredPredictEndEvent(output=result))
         return result
 
@@ -497,6 +542,17 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         stream: AsyncGenerator[Any, None] = await self._function_program(
             output_cls, prompt).astream_call(llm_kwargs=llm_kwargs, **prompt_args)
         return stream
+
+
+def _validated(output_cls: type[Model], value: Any, turn: ChatResult) -> Model:
+    """``value`` (valid for ``output_cls``'s JSON schema) as an ``output_cls``; a pydantic
+    validator the schema cannot express may still refuse it."""
+    try:
+        return output_cls.model_validate(value)
+    except ValidationError as exc:
+        raise StructuredOutputError(
+            f"the reply fits {output_cls.__name__}'s JSON schema, but {output_cls.__name__} "
+            f"refuses it: {exc}", turn.raw_text) from exc
 
 
 def _tool_specs(tools: Any) -> list[ToolSpec]:
