@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.llms.generic_utils import (
@@ -22,7 +22,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
@@ -50,7 +50,6 @@ from llama_index_rkllm._convert import (
 from rkllm_core.chat.engine import ChatEngine, ChatResult
 from rkllm_core.chat.messages import ChatMessage as CoreMessage
 from rkllm_core.chat.messages import ToolSpec
-from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
 
 if TYPE_CHECKING:
@@ -425,9 +424,10 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         messages, positional, options = self._structured_request(output_cls, prompt,
                                                                  llm_kwargs, prompt_args)
         with self._chat_started(messages) as event:
-            value, turn = self.engine.generate_structured(*positional, **options)
+            value, turn = self.engine.generate_structured(
+                *positional, **options, validate=output_cls.model_validate)
             self._chat_ended(event, messages, turn)
-        return _validated(output_cls, value, turn)
+        return cast(Model, value)
 
     async def _astructured_value(self, output_cls: type[Model], prompt: PromptTemplate,
                                  llm_kwargs: dict[str, Any], prompt_args: dict[str, Any]
@@ -436,9 +436,10 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
                                                                  llm_kwargs, prompt_args)
         with self._chat_started(messages) as event:
             # the engine's async turns: cancelling this call aborts the run on the model
-            value, turn = await self.engine.agenerate_structured(*positional, **options)
+            value, turn = await self.engine.agenerate_structured(
+                *positional, **options, validate=output_cls.model_validate)
             self._chat_ended(event, messages, turn)
-        return _validated(output_cls, value, turn)
+        return cast(Model, value)
 
     @dispatcher.span
     def structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
@@ -542,17 +543,6 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         stream: AsyncGenerator[Any, None] = await self._function_program(
             output_cls, prompt).astream_call(llm_kwargs=llm_kwargs, **prompt_args)
         return stream
-
-
-def _validated(output_cls: type[Model], value: Any, turn: ChatResult) -> Model:
-    """``value`` (valid for ``output_cls``'s JSON schema) as an ``output_cls``; a pydantic
-    validator the schema cannot express may still refuse it."""
-    try:
-        return output_cls.model_validate(value)
-    except ValidationError as exc:
-        raise StructuredOutputError(
-            f"the reply fits {output_cls.__name__}'s JSON schema, but {output_cls.__name__} "
-            f"refuses it: {exc}", turn.raw_text) from exc
 
 
 def _tool_specs(tools: Any) -> list[ToolSpec]:

@@ -236,10 +236,20 @@ _Request = tuple[list[ChatMessage], dict[str, Any]]
 
 
 def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None,
-                     method: str, name: str, description: str
+                     method: str, name: str, description: str,
+                     validate: Callable[[Any], Any] | None = None,
                      ) -> Generator[_Request, ChatResult, tuple[Any, ChatResult]]:
     """The steps of a structured answer, shared by the sync and async engines: it yields the
     turns to run (history, extra generate arguments) and receives their results."""
+
+    def accepted(value: Any) -> tuple[Any, str | None]:
+        # a check the JSON schema cannot express (a pydantic validator): repaired the same way
+        if validate is None:
+            return value, None
+        try:
+            return validate(value), None
+        except ValueError as exc:
+            return None, str(exc)
     from rkllm_core.chat.structured import (
         StructuredOutputError,
         arguments_error,
@@ -260,9 +270,11 @@ def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] 
         for attempt in range(2):
             call = next((c for c in result.message.tool_calls if c.name == name), None)
             if call is not None:
-                problem = arguments_error(call.arguments, schema)
+                value, problem = dict(call.arguments), arguments_error(call.arguments, schema)
                 if problem is None:
-                    return dict(call.arguments), result
+                    value, problem = accepted(value)
+                if problem is None:
+                    return value, result
                 error = problem
             else:
                 error = f"no call to the tool `{name}`"
@@ -283,6 +295,8 @@ def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] 
     for attempt in range(2):
         result = yield history, {}
         value, problem = check_reply(result.message.content, wanted)
+        if problem is None:
+            value, problem = accepted(value)
         if problem is None:
             return value, result
         if attempt == 0:
@@ -572,12 +586,15 @@ class ChatEngine:
             method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
             name: str = "respond", description: str = "", enable_thinking: bool = False,
             max_new_tokens: int | None = None, sampling: Any = None,
-            timeout: float | None = None) -> tuple[Any, ChatResult]:
+            timeout: float | None = None,
+            validate: Callable[[Any], Any] | None = None) -> tuple[Any, ChatResult]:
         """A JSON answer for ``schema``: (the parsed value, the turn that gave it).
 
         ``json_schema`` / ``json_mode`` ask for JSON in the system prompt; ``function_calling``
         binds one tool whose parameters are the schema and requires a call to it. The value is
-        checked against the schema; a failing reply gets one repair turn, then
+        checked against the schema, then by ``validate`` when given (e.g. a pydantic model's
+        ``model_validate``: what it returns is the value; a ``ValueError`` it raises is a failed
+        check); a failing reply gets one repair turn quoting the error, then
         :class:`~rkllm_core.chat.structured.StructuredOutputError`.
 
         Example:
@@ -597,7 +614,7 @@ class ChatEngine:
         kwargs: dict[str, Any] = dict(enable_thinking=enable_thinking,
                                       max_new_tokens=max_new_tokens, sampling=sampling,
                                       timeout=timeout)
-        flow = _structured_flow(messages, schema, method, name, description)
+        flow = _structured_flow(messages, schema, method, name, description, validate)
         request = next(flow)
         while True:
             history, extra = request
@@ -612,7 +629,8 @@ class ChatEngine:
             method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
             name: str = "respond", description: str = "", enable_thinking: bool = False,
             max_new_tokens: int | None = None, sampling: Any = None,
-            timeout: float | None = None) -> tuple[Any, ChatResult]:
+            timeout: float | None = None,
+            validate: Callable[[Any], Any] | None = None) -> tuple[Any, ChatResult]:
         """Async :meth:`generate_structured`; never blocks the event loop.
 
         Example:
@@ -632,7 +650,7 @@ class ChatEngine:
         kwargs: dict[str, Any] = dict(enable_thinking=enable_thinking,
                                       max_new_tokens=max_new_tokens, sampling=sampling,
                                       timeout=timeout)
-        flow = _structured_flow(messages, schema, method, name, description)
+        flow = _structured_flow(messages, schema, method, name, description, validate)
         request = next(flow)
         while True:
             history, extra = request

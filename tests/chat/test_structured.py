@@ -220,15 +220,18 @@ def order_reply(value: dict[str, Any], tools: bool, tool: str = "Order") -> str:
 
 
 def order_model(tools: bool, settings: str = "",
-                more: Sequence[tuple[str, str]] = ()) -> str:
+                more: Sequence[tuple[str, str]] = (),
+                first: Sequence[tuple[str, str]] = ()) -> str:
     """A scripted model answering orders with tool calls (``tools``) or bare JSON.
 
     "numbers please": items as numbers, then GOOD, but only from a repair turn that quotes
     NUMBERS_ERROR; "stubborn please": items as strings, twice; "right please": GOOD at once
-    (a repair turn would give ALSO_GOOD). ``more``: (condition, reply) rules after these.
+    (a repair turn would give ALSO_GOOD). ``more``: (condition, reply) rules after these;
+    ``first``: rules before them.
     """
     on = " tools yes" if tools else ""
     rules = [
+        *first,
         (f'contains "{NUMBERS_ERROR}"', order_reply(GOOD, tools)),
         ('contains "not valid" remembers "right please"', order_reply(ALSO_GOOD, tools)),
         ('contains "not valid"', order_reply(STRINGS, tools)),
