@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -66,6 +65,12 @@ class RKLLMEmbeddings(LoadedModel, Embeddings):
         >>> import asyncio
         >>> len(asyncio.run(embeddings.aembed_documents(["a", "b"])))
         2
+        >>> asyncio.run(embeddings.aembed_query("cat on the mat")) == query
+        True
+
+        The async methods await the model's runs without blocking the event loop (they use
+        :meth:`rkllm_core.RKLLM.aembed`); cancelling the task aborts the text being embedded
+        and runs none of the rest, so the model is free for the next caller at once.
     """
 
     pooling: Literal["mean", "last"] = Field(
@@ -77,7 +82,8 @@ class RKLLMEmbeddings(LoadedModel, Embeddings):
         default=None, description="Instruction put before documents (rarely needed).")
     batch_size: int = Field(default=32, ge=1, description="Texts per call into the model.")
     show_progress: bool = Field(default=False, description="Show a tqdm progress bar.")
-    timeout: float | None = Field(default=None, description="Seconds per batch.")
+    timeout: float | None = Field(
+        default=None, description="Seconds each text may take (waiting plus running).")
 
     def _batches(self, texts: list[str]) -> Iterator[list[str]]:
         for start in range(0, len(texts), self.batch_size):
@@ -85,30 +91,30 @@ class RKLLMEmbeddings(LoadedModel, Embeddings):
 
     def _progress(self, total: int) -> Any:
         if not self.show_progress:
-            return None
+            return _NoProgress()
         try:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]
         except ImportError as exc:
             raise ImportError("show_progress=True needs tqdm: pip install tqdm") from exc
         return tqdm(total=total, desc="Embedding", unit="text")
 
+    def _embed_args(self, instruction: str | None) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize,
+                "instruction": instruction, "timeout": self.timeout}
+
     def _embed(self, texts: list[str], instruction: str | None) -> list[list[float]]:
-        vectors = self._core.embed(texts, pooling=self.pooling, normalize=self.normalize,
-                                   instruction=instruction, timeout=self.timeout)
-        return [[float(x) for x in row] for row in vectors]
+        return _as_lists(self._core.embed(texts, **self._embed_args(instruction)))
+
+    async def _aembed(self, texts: list[str], instruction: str | None) -> list[list[float]]:
+        return _as_lists(await self._core.aembed(texts, **self._embed_args(instruction)))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, computed ``batch_size`` texts at a time."""
         out: list[list[float]] = []
-        bar = self._progress(len(texts))
-        try:
+        with self._progress(len(texts)) as bar:
             for batch in self._batches(list(texts)):
                 out.extend(self._embed(batch, self.document_instruction))
-                if bar is not None:
-                    bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(batch))
         return out
 
     def embed_query(self, text: str) -> list[float]:
@@ -116,21 +122,31 @@ class RKLLMEmbeddings(LoadedModel, Embeddings):
         return self._embed([text], self.query_instruction)[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Async :meth:`embed_documents`: each batch runs off the event loop."""
+        """Async :meth:`embed_documents`; cancelling it aborts the model's run in flight."""
         out: list[list[float]] = []
-        bar = self._progress(len(texts))
-        try:
+        with self._progress(len(texts)) as bar:
             for batch in self._batches(list(texts)):
-                out.extend(await asyncio.to_thread(self._embed, batch,
-                                                   self.document_instruction))
-                if bar is not None:
-                    bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
+                out.extend(await self._aembed(batch, self.document_instruction))
+                bar.update(len(batch))
         return out
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Async :meth:`embed_query`, off the event loop."""
-        rows = await asyncio.to_thread(self._embed, [text], self.query_instruction)
-        return rows[0]
+        """Async :meth:`embed_query`; cancelling it aborts the model's run."""
+        return (await self._aembed([text], self.query_instruction))[0]
+
+
+def _as_lists(vectors: Any) -> list[list[float]]:
+    return [[float(x) for x in row] for row in vectors]
+
+
+class _NoProgress:
+    """Stands in for a tqdm bar when none is shown."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import Document
@@ -18,10 +18,19 @@ class RKLLMReranker(LoadedModel, BaseDocumentCompressor):
 
     Each document is scored by the probability that the model answers "yes" to "does this
     document meet the query?" (the Qwen3-Reranker prompt), read from the next-token logits
-    (runtime 1.2.0+). The runtime has no tokenizer API, so the ids of "yes" and "no" are given
-    as ``yes_token_id`` / ``no_token_id``, or come from a ``tokenizer=`` of an ``rkllm_core.RKLLM``
-    passed as ``client=``. Wrap a retriever in a ``ContextualCompressionRetriever`` to rerank
-    what it finds.
+    (runtime 1.2.0+). Wrap a retriever in a ``ContextualCompressionRetriever`` to rerank what
+    it finds.
+
+    The runtime has no tokenizer API, so the ids of "yes" and "no" are found the first way
+    that applies (:func:`rkllm_core.rerank_tokens.rerank_token_ids`): ``yes_token_id`` /
+    ``no_token_id``; ``tokenizer`` (the model's ``tokenizer.json`` or Hugging Face folder); the
+    ``tokenizer`` of an ``rkllm_core.RKLLM`` passed as ``client=``; the vocabulary inside a
+    ``.gguf`` model (host runtime); a known reranker conversion recognised by its file name
+    (``Qwen3-Reranker-0.6B-w8a8.rkllm``). The error names these ways when none applies.
+
+    ``acompress_documents`` awaits the model without blocking the event loop
+    (:meth:`rkllm_core.RKLLM.arerank`): cancelling it aborts the document being scored and
+    scores none of the rest.
 
     Key init args:
         model_path (alias ``model``), library, max_context_len, client
@@ -32,6 +41,8 @@ class RKLLMReranker(LoadedModel, BaseDocumentCompressor):
             The judgement instruction (default: Qwen3-Reranker's web-search one).
         yes_token_id, no_token_id: int | None
             Token ids of "yes" and "no" in the model's vocabulary.
+        tokenizer: str | None
+            The model's ``tokenizer.json`` or Hugging Face folder, to find those ids.
         score_threshold: float | None
             Drop documents scoring below this.
 
@@ -49,21 +60,41 @@ class RKLLMReranker(LoadedModel, BaseDocumentCompressor):
         >>> best = reranker.compress_documents(docs, "What is the capital of France?")
         >>> best[0].page_content, round(best[0].metadata["relevance_score"])
         ('Paris is the capital.', 1)
+        >>> [round(s) for s in reranker.rerank("Capital of France?", ["Bananas", "Paris"])]
+        [0, 1]
+
+    Async:
+        >>> import asyncio
+        >>> best = asyncio.run(reranker.acompress_documents(docs, "The capital of France?"))
+        >>> best[0].page_content
+        'Paris is the capital.'
+        >>> [round(s) for s in asyncio.run(reranker.arerank("Capital?", ["Paris", "Rome"]))]
+        [1, 0]
     """
 
     top_n: int | None = Field(default=3, ge=1, description="Documents to keep (None: all).")
     instruction: str | None = Field(default=None, description="The judgement instruction.")
     yes_token_id: int | None = Field(default=None, description="Token id of 'yes'.")
     no_token_id: int | None = Field(default=None, description="Token id of 'no'.")
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer.json or a Hugging Face folder of the model, to "
+        "find the ids of 'yes' and 'no'.")
     score_threshold: float | None = Field(
         default=None, description="Drop documents scoring below this (0-1).")
     timeout: float | None = Field(default=None, description="Seconds per document.")
 
     def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
         """The relevance (0-1) of each text to ``query``, in the given order."""
-        return self._core.rerank(query, list(texts), instruction=self.instruction,
-                                 yes_token_id=self.yes_token_id, no_token_id=self.no_token_id,
-                                 timeout=self.timeout)
+        return self._core.rerank(query, list(texts), **self._rerank_args())
+
+    async def arerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Async :meth:`rerank`; cancelling it aborts the model's run in flight."""
+        return await self._core.arerank(query, list(texts), **self._rerank_args())
+
+    def _rerank_args(self) -> dict[str, Any]:
+        return {"instruction": self.instruction, "yes_token_id": self.yes_token_id,
+                "no_token_id": self.no_token_id, "tokenizer": self.tokenizer,
+                "timeout": self.timeout}
 
     def _select(self, documents: Sequence[Document], scores: list[float]) -> list[Document]:
         ranked = sorted(zip(documents, scores, strict=True), key=lambda p: p[1], reverse=True)
@@ -83,8 +114,8 @@ class RKLLMReranker(LoadedModel, BaseDocumentCompressor):
 
     async def acompress_documents(self, documents: Sequence[Document], query: str,
                                   callbacks: Callbacks | None = None) -> Sequence[Document]:
-        """Async :meth:`compress_documents`, off the event loop."""
+        """Async :meth:`compress_documents`; the event loop stays free while the model runs."""
         if not documents:
             return []
-        scores = await asyncio.to_thread(self.rerank, query, [d.page_content for d in documents])
-        return self._select(documents, scores)
+        return self._select(documents,
+                            await self.arerank(query, [d.page_content for d in documents]))

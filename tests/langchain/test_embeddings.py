@@ -1,6 +1,7 @@
 """RKLLMEmbeddings: LangChain's standard unit suite on the scripted engine, the integration
 suite on SmolLM2-135M (gguf engine), and our own checks of pooling, normalisation,
-instructions, batching with a progress bar, and async calls that leave the loop free."""
+instructions, batching with a progress bar, async calls that leave the loop free, and a
+cancelled async call that aborts the model's run and lets the next caller in at once."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from langchain_rkllm import RKLLMEmbeddings
+from tests.core.test_async_embed_rerank import (
+    expect_cancellation_frees_the_model,
+    long_text,
+    slow_model,
+)
 
 TEXTS = ["the cat sat on the mat", "a cat on a mat", "quarterly revenue grew",
          "revenue grew this quarter", "the dog barked"]
@@ -155,3 +161,20 @@ def test_async_embedding_leaves_the_event_loop_free(make_file: Any) -> None:
     same(docs, slow.embed_documents(TEXTS))
     same(query, slow.embed_query("the cat"))
     assert ticks > 10  # each text takes tens of milliseconds to prefill; the loop kept going
+
+
+@pytest.mark.parametrize("method", ["aembed_documents", "aembed_query"])
+def test_a_cancelled_async_embedding_aborts_the_run_and_frees_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        method: str) -> None:
+    model = slow_model(tmp_path, monkeypatch)
+    embeddings = RKLLMEmbeddings(client=model)
+    texts = [long_text(i) for i in range(3)]
+    if method == "aembed_documents":
+        expect_cancellation_frees_the_model(
+            model, lambda: embeddings.aembed_documents(texts), len(texts), capfd)
+    else:
+        expect_cancellation_frees_the_model(
+            model, lambda: embeddings.aembed_query(texts[0]), 1, capfd)
+    assert len(embeddings.embed_query("still usable")) == 32
+    model.close()
