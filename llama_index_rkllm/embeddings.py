@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +17,12 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     Each text is one run on the model (pooled over its tokens and L2-normalised by default);
     ``embed_batch_size`` texts go to the model per call. ``query_instruction`` /
     ``text_instruction`` format the input as ``"Instruct: {instruction}\\nQuery: {text}"``
-    (Qwen3-Embedding style). Async methods wait on the model's worker thread without blocking
-    the event loop. Objects naming the same file and settings share one loaded model with
-    :class:`~llama_index_rkllm.RKLLM`; embedding clears the model's KV cache, so a conversation
-    on a shared model is replayed on its next turn.
+    (Qwen3-Embedding style). Async methods await the model's runs without blocking the event
+    loop (:meth:`rkllm_core.RKLLM.aembed`); cancelling one aborts the text being embedded and
+    runs none of the rest, so the model is free for the next caller at once. Objects naming
+    the same file and settings share one loaded model with :class:`~llama_index_rkllm.RKLLM`;
+    embedding clears the model's KV cache, so a conversation on a shared model is replayed on
+    its next turn.
 
     Example (host runtime, scripted model):
         >>> import tempfile, pathlib
@@ -34,6 +35,9 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
         (16, 1.0)
         >>> len(embed.get_text_embedding_batch(["a cat", "a dog", "a bird"]))
         3
+        >>> import asyncio
+        >>> asyncio.run(embed.aget_query_embedding("a cat on a mat")) == vector
+        True
     """
 
     model_path: str | None = Field(default=None, description="The model file (.rkllm; "
@@ -66,10 +70,15 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     def class_name(cls) -> str:
         return "RKLLMEmbedding"
 
+    def _embed_args(self, instruction: str | None) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize,
+                "instruction": instruction, "timeout": self.timeout}
+
     def _embed(self, texts: list[str], instruction: str | None) -> list[Embedding]:
-        vectors = self.client.embed(texts, pooling=self.pooling, normalize=self.normalize,
-                                    instruction=instruction, timeout=self.timeout)
-        return [[float(x) for x in row] for row in vectors]
+        return _as_lists(self.client.embed(texts, **self._embed_args(instruction)))
+
+    async def _aembed(self, texts: list[str], instruction: str | None) -> list[Embedding]:
+        return _as_lists(await self.client.aembed(texts, **self._embed_args(instruction)))
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embed([query], self.query_instruction)[0]
@@ -80,13 +89,15 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._embed(texts, self.text_instruction)
 
-    # the core has no async embed: its runs wait on the model's worker thread, so a thread of
-    # the default executor waits for them and the event loop stays free
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await asyncio.to_thread(self._embed, [query], self.query_instruction))[0]
+        return (await self._aembed([query], self.query_instruction))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await asyncio.to_thread(self._embed, [text], self.text_instruction))[0]
+        return (await self._aembed([text], self.text_instruction))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._embed, texts, self.text_instruction)
+        return await self._aembed(texts, self.text_instruction)
+
+
+def _as_lists(vectors: Any) -> list[Embedding]:
+    return [[float(x) for x in row] for row in vectors]
