@@ -1685,14 +1685,7 @@ class RKLLM:
         check_timeout(timeout)
         engine = self._live
         engine.submit(run, "agenerate()")
-        stream = AsyncTextStream(engine, run, timeout, owner=self)
-        try:
-            async for _ in stream:
-                pass
-        except BaseException:
-            stream.abort()
-            raise
-        return stream.result
+        return await self._aconsume(engine, run, timeout)
 
     def _collect(self, run: _Run, timeout: float | None, what: str) -> GenerationResult:
         check_timeout(timeout)
