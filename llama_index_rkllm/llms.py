@@ -111,6 +111,22 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         ['Hello', ' from', ' the', ' NPU', '!', '']
         >>> llm.metadata.context_window, llm.metadata.is_function_calling_model
         (512, True)
+        >>> [r.delta for r in llm.stream_complete("Hi")][:2]
+        ['Hello', ' from']
+        >>> llm.engine.mode  # the shared chat engine every call goes through
+        'native'
+
+    Async (each call never blocks the event loop; cancelling it aborts the run):
+        >>> import asyncio
+        >>> async def main() -> tuple[str, str, str, str]:
+        ...     chat = await llm.achat([ChatMessage(role="user", content="Hi")])
+        ...     done = await llm.acomplete("Capital of France?")
+        ...     chunks = [r.delta async for r in await llm.astream_chat(
+        ...         [ChatMessage(role="user", content="Hi")])]
+        ...     pieces = [r.delta async for r in await llm.astream_complete("Hi")]
+        ...     return chat.message.content, done.text, "".join(chunks), "".join(pieces)
+        >>> asyncio.run(main())
+        ('Hello from the NPU!', 'Paris.', 'Hello from the NPU!', 'Hello from the NPU!')
     """
 
     model_path: str | None = Field(default=None, description="The model file (.rkllm; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+import re
 from types import ModuleType
 
 import pytest
@@ -31,3 +32,51 @@ def _modules() -> list[ModuleType]:
 def test_docstring_examples_run(module: ModuleType) -> None:
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+
+# The public surface: what a user imports from each package.
+PUBLIC = ("rkllm_core", "rkllm_core.chat", "langchain_rkllm", "llama_index_rkllm")
+# Hooks the frameworks call, never users: pydantic's, LangChain's and LlamaIndex's.
+FRAMEWORK_HOOKS = {"model_post_init", "is_lc_serializable", "class_name"}
+
+
+def _example_lines(doc: str | None) -> list[str]:
+    """The doctest source lines of a docstring (``>>>`` and ``...`` continuation lines)."""
+    return [line.strip()[4:] for line in (doc or "").splitlines()
+            if line.strip().startswith((">>> ", "... "))]
+
+
+def _without_runnable_example() -> list[str]:
+    """Public classes, functions, methods and properties whose docstring holds no doctest, and
+    that no doctest of their class uses either."""
+    missing = []
+    for package in PUBLIC:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                continue  # errors are raised by what has examples, not called
+            own = _example_lines(obj.__doc__)
+            if not own:
+                missing.append(f"{package}.{name}")
+            if not isinstance(obj, type):
+                continue
+            # an example anywhere in the class may be the one that uses a member
+            in_class = own + [line for member in vars(obj).values()
+                              for line in _example_lines(getattr(member, "__doc__", None))]
+            for attr, member in vars(obj).items():
+                kinds = (property, staticmethod, classmethod)
+                if attr.startswith("_") or attr in FRAMEWORK_HOOKS or not (
+                        callable(member) or isinstance(member, kinds)):
+                    continue
+                doc = getattr(member, "__doc__", None)
+                used = any(re.search(rf"\.{attr}\b", line) for line in in_class)
+                if not _example_lines(doc) and not used:
+                    missing.append(f"{package}.{name}.{attr}")
+    return missing
+
+
+def test_every_public_class_function_and_method_has_a_runnable_example() -> None:
+    # a doctest of its own, or a use in a doctest of its class: prose "examples" run nothing
+    assert _without_runnable_example() == []
