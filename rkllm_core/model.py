@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import ValidationError
 
+from rkllm_core.abi import Capabilities, first_release_with
 from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
 from rkllm_core.errors import (
     InvalidParameterError,
@@ -386,7 +387,7 @@ class _Engine:
         self.current: _Run | None = None
         self.native = NativeModel(lib, param, self._handle, tokenizer_callback=tokenizer_callback)
         self._result_type = ctypes.POINTER(lib.family.struct("RKLLMResult"))
-        self._release_buffers = 2 if lib.family.key == "1.3.0" else 0
+        self._release_buffers = 2 if lib.family.capabilities.callback_releases_buffers else 0
         self._worker = threading.Thread(target=self._loop, name="rkllm-worker", daemon=True)
         self._worker.start()
 
@@ -1077,7 +1078,7 @@ class RKLLM:
         self.params.fill_native(param, self.lib.release, self.extend)
         self.tokenizer = tokenizer
         tokenizer_callback = None
-        if tokenizer is not None and self.lib.family.key == "1.3.0":
+        if tokenizer is not None and self.lib.family.capabilities.init_callbacks:
             tokenizer_callback = _tokenizer_callback(self.lib, tokenizer)
         self._engine = _Engine(self.lib, param, tokenizer_callback, float(abort_grace))
         self._info = parse_init_log(self._engine.native.init_log)
@@ -1162,6 +1163,22 @@ class RKLLM:
         return self._engine is not None and self._engine.abort_current()
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the loaded runtime release can do (per-run sampling, history, tools, ...).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> from rkllm_core import RKLLM
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+            >>> _ = path.write_text("RKLLM-SCRIPTED 1\\n")
+            >>> with RKLLM(path, library="host", runtime_version="1.2.3",
+            ...            max_context_len=512) as llm:
+            ...     llm.capabilities.function_tools, llm.capabilities.per_run_sampling
+            (True, False)
+        """
+        return self.lib.family.capabilities
+
+    @property
     def runtime_info(self) -> RuntimeInfo:
         """Library path, family, release, how it was detected, and what the init log said.
 
@@ -1183,16 +1200,14 @@ class RKLLM:
 
     # -- building a run ---------------------------------------------------------------------
 
-    def _require(self, function: str, what: str) -> None:
-        if not self.lib.family.has(function):
-            added = self.lib.family.added_in(function) or "a newer release"
-            raise UnsupportedFeatureError(
-                f"{what} needs runtime {added} or newer; this library is runtime "
-                f"{self.lib.release}")
+    def _require(self, capability: str, what: str) -> None:
+        if not getattr(self.capabilities, capability):
+            raise self._unsupported(what, capability)
 
-    def _unsupported(self, what: str, release: str) -> UnsupportedFeatureError:
+    def _unsupported(self, what: str, capability: str) -> UnsupportedFeatureError:
         return UnsupportedFeatureError(
-            f"{what} needs runtime {release} or newer; this library is runtime {self.lib.release}")
+            f"{what} needs runtime {first_release_with(capability)} or newer; this library is "
+            f"runtime {self.lib.release}")
 
     def _build(
         self,
@@ -1213,13 +1228,12 @@ class RKLLM:
         on_token: Callable[[StreamChunk], object] | None,
     ) -> _Run:
         family = self.lib.family
-        key = family.key
+        can = family.capabilities
         if self.n_batch > 1 and not _batch_lane.get():
             # the runtime reads n_batch inputs: one alone would make it read past our struct
             raise UnsupportedFeatureError(
                 f"this model was loaded with n_batch={self.n_batch}: every run takes "
                 f"{self.n_batch} inputs; use generate_batch([...])")
-        has_role = key in ("1.2.1", "1.2.3", "1.3.0")
         given = [x is not None for x in (prompt, tokens, embeddings)]
         if sum(given) != 1:
             raise InvalidParameterError(
@@ -1259,17 +1273,17 @@ class RKLLM:
                     f"stop must be a string or a list of strings, got an item {item!r}")
         if image is not None and prompt is None:
             raise InvalidParameterError("image needs a prompt with an <image> tag per image")
-        if not has_role and role != "user":
-            raise self._unsupported(f"role={role!r}", "1.2.1")
-        if not has_role and enable_thinking:
-            raise self._unsupported("enable_thinking", "1.2.1")
-        if key == "1.1" and keep_history:
-            raise self._unsupported("keep_history", "1.2.0")
-        if kind == "logits" and key == "1.1":
-            raise self._unsupported("logits", "1.2.0")
+        if not can.role_and_thinking and role != "user":
+            raise self._unsupported(f"role={role!r}", "role_and_thinking")
+        if not can.role_and_thinking and enable_thinking:
+            raise self._unsupported("enable_thinking", "role_and_thinking")
+        if not can.keep_history and keep_history:
+            raise self._unsupported("keep_history", "keep_history")
+        if kind == "logits" and not can.logits:
+            raise self._unsupported("logits", "logits")
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise InvalidParameterError(f"max_new_tokens must be > 0, got {max_new_tokens}")
-        if sampling is not None and key != "1.3.0":
+        if sampling is not None and not can.per_run_sampling:
             differ = sampling.differences(self.params)
             if differ:
                 raise UnsupportedFeatureError(
@@ -1278,7 +1292,7 @@ class RKLLM:
                     "overridden for one run: set them in ModelParams instead")
         keep: list[Any] = []
         inp = family.struct("RKLLMInput")()
-        if has_role:
+        if can.role_and_thinking:
             inp.role = role.encode()
             inp.enable_thinking = enable_thinking
         if image is not None:
@@ -1325,7 +1339,7 @@ class RKLLM:
             "hidden": RKLLMInferMode.RKLLM_INFER_GET_LAST_HIDDEN_LAYER,
             "logits": RKLLMInferMode.RKLLM_INFER_GET_LOGITS,
         }[kind])
-        if hasattr(infer, "keep_history"):
+        if can.keep_history:
             infer.keep_history = int(keep_history)
         if lora is not None:
             lora_param = family.struct("RKLLMLoraParam")(lora.encode())
@@ -1335,7 +1349,7 @@ class RKLLM:
             cache = family.struct("RKLLMPromptCacheParam")(1, os.fsencode(save_prompt_cache))
             keep.append(cache)
             infer.prompt_cache_params = ctypes.pointer(cache)
-        native_limits = key == "1.3.0"
+        native_limits = can.per_run_sampling
         if native_limits:
             if max_new_tokens is not None:
                 infer.max_new_tokens = max_new_tokens
@@ -1375,18 +1389,19 @@ class RKLLM:
         return data
 
     def _fill_image(self, inp: Any, prompt: str, image: ImageInput, keep: list[Any]) -> None:
-        key = self.lib.family.key
+        can = self.capabilities
         embed = self._float_rows(image.embed, "image embed")
         n_images, n_tokens = image.n_images, image.n_image_tokens
         tags = prompt.count("<image>")
-        if key in ("1.1", "1.2.0"):
+        if not can.several_images:
             if n_images != 1:
-                raise self._unsupported("several images in one prompt", "1.2.1")
+                raise self._unsupported("several images in one prompt", "several_images")
         elif tags != n_images:
             raise InvalidParameterError(
                 f"the prompt has {tags} <image> tag(s) but {n_images} image(s) were given; "
                 "the runtime needs one tag per image")
-        if key != "1.3.0" and any(t is not None for t in (image.start, image.end, image.content)):
+        if not can.image_tags_per_input and any(
+                t is not None for t in (image.start, image.end, image.content)):
             raise UnsupportedFeatureError(
                 f"image tags per input need runtime 1.3.0; on runtime {self.lib.release} set "
                 "ModelParams.img_start / img_end / img_content")
@@ -1395,14 +1410,15 @@ class RKLLM:
         mm = inp.multimodal_input
         inp.input_type = int(RKLLMInputType.RKLLM_INPUT_MULTIMODAL)
         mm.prompt = data
-        target = mm.image if key == "1.3.0" else mm
+        # 1.3.0 nests the image fields in a struct of their own, beside the video ones
+        target = mm.image if can.image_tags_per_input else mm
         target.image_embed = embed.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         target.n_image_tokens = n_tokens
-        if key not in ("1.1", "1.2.0"):
+        if can.several_images:
             target.n_image = n_images
             target.image_width = image.width
             target.image_height = image.height
-        if key == "1.3.0":
+        if can.image_tags_per_input:
             for name, value in (("image_start", image.start), ("image_end", image.end),
                                 ("image_content", image.content)):
                 raw = (value or "").encode()
@@ -1512,7 +1528,7 @@ class RKLLM:
         finally:
             _batch_lane.reset(token)
         if lanes[0].enforce_max_tokens:
-            raise self._unsupported("max_new_tokens per batch run", "1.3.0")
+            raise self._unsupported("max_new_tokens per batch run", "per_run_sampling")
         inputs = (self.lib.family.struct("RKLLMInput") * self.n_batch)(*[x.input for x in lanes])
         run = _Run(kind="generate", input=inputs, infer=lanes[0].infer, keepalive=[inputs],
                    max_new_tokens=lanes[0].max_new_tokens, enforce_max_tokens=False,
@@ -1894,7 +1910,7 @@ class RKLLM:
         return self._independent_runs("hidden", items), read
 
     def _fresh_cache_hooks(self) -> list[Callable[[Any], None]]:
-        if not self.lib.family.has("rkllm_clear_kv_cache"):
+        if not self.capabilities.kv_cache_clear:
             return []
         lib = self.lib
 
@@ -2015,8 +2031,7 @@ class RKLLM:
     def _rerank_id_sources(self, documents: Sequence[str], yes_token_id: int | None,
                            no_token_id: int | None, tokenizer: Any) -> dict[str, Any]:
         """Checks what rerank can check at once, then where the yes/no ids come from."""
-        if self.lib.family.key == "1.1":
-            raise self._unsupported("rerank() (it reads logits)", "1.2.0")
+        self._require("logits", "rerank() (it reads logits)")
         if isinstance(documents, str) or not isinstance(documents, Sequence):
             raise InvalidParameterError("documents must be a list of strings")
         return {"model_path": self.params.model_path, "yes_token_id": yes_token_id,
@@ -2120,13 +2135,12 @@ class RKLLM:
             ...     llm.kv_cache_size
             0
         """
-        self._require("rkllm_clear_kv_cache", "clear_kv_cache()")
+        self._require("kv_cache_clear", "clear_kv_cache()")
         if ranges is None:
             code = self._live.call(
                 lambda h: self.lib.clear_kv_cache(h, keep_system_prompt), "clear_kv_cache()")
         else:
-            if not self.lib.family.has("rkllm_get_kv_cache_size"):
-                raise self._unsupported("clear_kv_cache(ranges=...)", "1.2.1")
+            self._require("kv_cache_ranges", "clear_kv_cache(ranges=...)")
             pairs = [ranges] if isinstance(ranges, tuple) else list(ranges)
             if len(pairs) != 1 or any(len(p) != 2 or not 0 <= p[0] < p[1] for p in pairs):
                 raise InvalidParameterError(
@@ -2145,7 +2159,7 @@ class RKLLM:
 
         Example: see :meth:`clear_kv_cache`.
         """
-        self._require("rkllm_get_kv_cache_size", "kv_cache_size")
+        self._require("kv_cache_size", "kv_cache_size")
         sizes = (ctypes.c_int * 1)()
         code = self._live.call(lambda h: self.lib.get_kv_cache_size(h, sizes), "kv_cache_size")
         self._check(code, "rkllm_get_kv_cache_size", "the runtime could not report it")
@@ -2163,7 +2177,7 @@ class RKLLM:
             >>> with RKLLM(path, library="host", max_context_len=512) as llm:
             ...     llm.set_chat_template("", "", "")
         """
-        self._require("rkllm_set_chat_template", "set_chat_template()")
+        self._require("chat_template", "set_chat_template()")
         args = (_c_text(system, "system"), _c_text(prefix, "prefix"), _c_text(postfix, "postfix"))
         code = self._live.call(lambda h: self.lib.set_chat_template(h, *args),
                                "set_chat_template()")
@@ -2190,7 +2204,7 @@ class RKLLM:
             ...     llm.generate("What is the weather?").text
             '<tool_call>get_weather</tool_call>'
         """
-        self._require("rkllm_set_function_tools", "set_function_tools()")
+        self._require("function_tools", "set_function_tools()")
         if isinstance(tools, str):
             try:
                 parsed = json.loads(tools)
@@ -2232,7 +2246,7 @@ class RKLLM:
             ...     kv = np.zeros((1, 2, 1, 4), dtype=np.float32)
             ...     llm.set_cross_attn_params(kv, kv, np.ones(2, np.float32), np.arange(2))
         """
-        self._require("rkllm_set_cross_attn_params", "set_cross_attn_params()")
+        self._require("cross_attention", "set_cross_attn_params()")
         k = np.ascontiguousarray(encoder_k_cache, dtype=np.float32)
         v = np.ascontiguousarray(encoder_v_cache, dtype=np.float32)
         mask = np.ascontiguousarray(encoder_mask, dtype=np.float32)

@@ -154,7 +154,7 @@ class NativeModel:
             )
         self._result_cb = make_result_callback(lib, handler, self.callback_errors)
         init_cb: Any = self._result_cb
-        if lib.family.key == "1.3.0":
+        if lib.family.capabilities.init_callbacks:
             callbacks = lib.family.struct("RKLLMCallback")()
             callbacks.result_callback = self._result_cb
             if tokenizer_callback is not None:

@@ -207,3 +207,46 @@ def test_no_struct_uses_a_64_bit_integer_where_the_header_has_size_t_or_a_pointe
                 if name in FIXED_WIDTH_64 and not allowed:
                     offenders.append(f"{path.name}:{node.lineno} {name}")
     assert offenders == []
+
+
+def _fields(family: AbiFamily, struct: str) -> set[str]:
+    return {name for name, _ in family.struct(struct)._fields_}
+
+
+def _layout_says(family: AbiFamily) -> dict[str, bool]:
+    """Each capability as the family's own declarations (checked against abi.json above) show it."""
+    multimodal = family.structs.get("RKLLMMultiModalInput") or family.struct("RKLLMMultiModelInput")
+    mm_fields = {name for name, _ in multimodal._fields_}
+    image = dict(multimodal._fields_).get("image")
+    clear = family.functions.get("rkllm_clear_kv_cache")
+    return {
+        "keep_history": "keep_history" in _fields(family, "RKLLMInferParam"),
+        "logits": "RKLLM_INFER_GET_LOGITS" in family.enums["RKLLMInferMode"],
+        "embedding_flash": "embed_flash" in _fields(family, "RKLLMExtendParam"),
+        "chat_template": family.has("rkllm_set_chat_template"),
+        "kv_cache_clear": clear is not None,
+        "kv_cache_size": family.has("rkllm_get_kv_cache_size"),
+        "kv_cache_ranges": clear is not None and len(clear.argtypes) > 2,
+        "function_tools": family.has("rkllm_set_function_tools"),
+        "role_and_thinking": {"role", "enable_thinking"} <= _fields(family, "RKLLMInput"),
+        "cross_attention": family.has("rkllm_set_cross_attn_params"),
+        "batches": "n_batch" in _fields(family, "RKLLMExtendParam"),
+        "perf_stats": "perf" in _fields(family, "RKLLMResult"),
+        "several_images": "n_image" in mm_fields or (
+            image is not None and "n_image" in {n for n, _ in image._fields_}),
+        "per_run_sampling": {"sampling_params", "max_new_tokens"} <= _fields(
+            family, "RKLLMInferParam"),
+        "image_tags_per_input": image is not None and "image_start" in {
+            n for n, _ in image._fields_},
+        "init_callbacks": "RKLLMCallback" in family.structs,
+    }
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=lambda f: f.key)
+def test_declared_capabilities_match_what_the_family_declares(family: AbiFamily) -> None:
+    declared = vars(family.capabilities)
+    derived = _layout_says(family)
+    assert {k: declared[k] for k in derived} == derived
+    # not in any layout: from Rockchip's header comments (SEMANTICS.md, result callback codes)
+    assert declared["callback_releases_buffers"] == (family.key == "1.3.0")
+    assert set(declared) == set(derived) | {"callback_releases_buffers"}

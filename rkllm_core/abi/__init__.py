@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from rkllm_core.abi import v1_1, v1_2_0, v1_2_1, v1_2_3, v1_3_0
-from rkllm_core.abi._spec import AbiFamily, FunctionSpec, LLMHandle
+from rkllm_core.abi._spec import AbiFamily, Capabilities, FunctionSpec, LLMHandle
 from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
 from rkllm_core.errors import RuntimeVersionError
 
@@ -32,6 +32,21 @@ def get_family(key: str) -> AbiFamily:
         raise RuntimeVersionError(
             f"unknown runtime family {key!r}; supported families: {', '.join(FAMILIES)}"
         ) from None
+
+
+def first_release_with(capability: str) -> str:
+    """The first runtime release that has ``capability`` (a :class:`Capabilities` field), for
+    messages that tell a user which runtime to install.
+
+    Example:
+        >>> from rkllm_core.abi import first_release_with
+        >>> first_release_with("keep_history"), first_release_with("per_run_sampling")
+        ('1.2.0', '1.3.0')
+    """
+    for family in FAMILIES.values():
+        if getattr(family.capabilities, capability):
+            return family.releases[0]
+    raise RuntimeVersionError(f"no supported runtime release has {capability!r}")
 
 
 def family_for_release(release: str) -> AbiFamily:
@@ -53,11 +68,13 @@ def family_for_release(release: str) -> AbiFamily:
 __all__ = [
     "FAMILIES",
     "AbiFamily",
+    "Capabilities",
     "FunctionSpec",
     "LLMCallState",
     "LLMHandle",
     "RKLLMInferMode",
     "RKLLMInputType",
     "family_for_release",
+    "first_release_with",
     "get_family",
 ]

@@ -28,6 +28,41 @@ class FunctionSpec:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What one runtime family can do, declared beside its structs: the model, its inputs and
+    the chat layer ask these, never the family's name. Each flag says where the runtime has it.
+
+    Example:
+        >>> from rkllm_core.abi import get_family
+        >>> get_family("1.3.0").capabilities.per_run_sampling
+        True
+        >>> get_family("1.2.3").capabilities.per_run_sampling
+        False
+        >>> from rkllm_core.abi import first_release_with
+        >>> first_release_with("function_tools")
+        '1.2.1'
+    """
+
+    keep_history: bool  # RKLLMInferParam.keep_history
+    logits: bool  # RKLLM_INFER_GET_LOGITS
+    embedding_flash: bool  # RKLLMExtendParam.embed_flash (embedding table in flash)
+    chat_template: bool  # rkllm_set_chat_template
+    kv_cache_clear: bool  # rkllm_clear_kv_cache
+    kv_cache_size: bool  # rkllm_get_kv_cache_size
+    kv_cache_ranges: bool  # rkllm_clear_kv_cache takes [start, end) position ranges
+    function_tools: bool  # rkllm_set_function_tools, and RKLLMInput.role "tool"
+    role_and_thinking: bool  # RKLLMInput.role and RKLLMInput.enable_thinking
+    cross_attention: bool  # rkllm_set_cross_attn_params, RKLLMExtendParam.use_cross_attn
+    batches: bool  # RKLLMExtendParam.n_batch: one run takes n_batch inputs
+    perf_stats: bool  # RKLLMResult.perf: the runtime's own prefill/decode timings
+    several_images: bool  # RKLLMMultiModalInput.n_image: several images per prompt
+    per_run_sampling: bool  # RKLLMInferParam.sampling_params and max_new_tokens
+    image_tags_per_input: bool  # image_start / image_end / image_content per input
+    init_callbacks: bool  # rkllm_init takes RKLLMCallback (result, tokenizer, embedding)
+    callback_releases_buffers: bool  # a result callback returning 2 frees logits/hidden states
+
+
+@dataclass(frozen=True)
 class AbiFamily:
     """The ctypes view of one runtime layout family (see ``abi.json``)."""
 
@@ -37,6 +72,7 @@ class AbiFamily:
     enums: Mapping[str, Mapping[str, int]]
     callbacks: Mapping[str, Any]
     functions: Mapping[str, FunctionSpec]
+    capabilities: Capabilities
 
     @property
     def result_callback(self) -> Any:
@@ -55,15 +91,6 @@ class AbiFamily:
     def has(self, function: str) -> bool:
         """Whether this family exports ``function``."""
         return function in self.functions
-
-    def added_in(self, function: str) -> str | None:
-        """The first release that exports ``function`` (None if this family already has it)."""
-        from rkllm_core.abi import FAMILIES
-
-        for family in FAMILIES.values():
-            if function in family.functions:
-                return family.releases[0] if family is not self else None
-        return None
 
 
 def functions(

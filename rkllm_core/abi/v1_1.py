@@ -24,7 +24,7 @@ from ctypes import (
 )
 from typing import Any
 
-from rkllm_core.abi._spec import AbiFamily, FunctionSpec, LLMHandle, functions
+from rkllm_core.abi._spec import AbiFamily, Capabilities, FunctionSpec, LLMHandle, functions
 from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType, members
 
 
@@ -217,8 +217,18 @@ def core_functions(
     )
 
 
+#: Runtime 1.1 runs prompts: no history, logits, templates, tools or KV-cache calls.
+CAPABILITIES = Capabilities(
+    keep_history=False, logits=False, embedding_flash=False, chat_template=False,
+    kv_cache_clear=False, kv_cache_size=False, kv_cache_ranges=False, function_tools=False,
+    role_and_thinking=False, cross_attention=False, batches=False, perf_stats=False,
+    several_images=False, per_run_sampling=False, image_tags_per_input=False,
+    init_callbacks=False, callback_releases_buffers=False,
+)
+
 FAMILY = AbiFamily(
     key="1.1",
+    capabilities=CAPABILITIES,
     releases=("1.1.0", "1.1.1", "1.1.2", "1.1.3", "1.1.4"),
     structs={
         "RKLLMExtendParam": RKLLMExtendParam,

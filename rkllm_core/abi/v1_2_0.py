@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import POINTER, c_bool, c_char_p, c_float, c_int, c_int8, c_int32, c_uint8, c_uint32
+from dataclasses import replace
 from typing import Any
 
 from rkllm_core.abi import v1_1
@@ -91,8 +92,14 @@ TEMPLATE = FunctionSpec(
     "Replace the model's chat template; clears the KV cache and disables tools/thinking handling.",
 )
 
+CAPABILITIES = replace(
+    v1_1.CAPABILITIES, keep_history=True, logits=True, embedding_flash=True, chat_template=True,
+    kv_cache_clear=True,
+)
+
 FAMILY = AbiFamily(
     key="1.2.0",
+    capabilities=CAPABILITIES,
     releases=("1.2.0",),
     structs={
         **v1_1.FAMILY.structs,

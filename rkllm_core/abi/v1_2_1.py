@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import POINTER, c_bool, c_char_p, c_float, c_int, c_int8, c_int32, c_size_t, c_uint8
+from dataclasses import replace
 from typing import Any
 
 from rkllm_core.abi import v1_1, v1_2_0
@@ -128,8 +129,15 @@ def kv_and_tools_functions() -> dict[str, FunctionSpec]:
     )
 
 
+CAPABILITIES = replace(
+    v1_2_0.CAPABILITIES, kv_cache_size=True, kv_cache_ranges=True, function_tools=True,
+    role_and_thinking=True, cross_attention=True, batches=True, perf_stats=True,
+    several_images=True,
+)
+
 FAMILY = AbiFamily(
     key="1.2.1",
+    capabilities=CAPABILITIES,
     releases=("1.2.1", "1.2.2"),
     structs={
         **v1_2_0.FAMILY.structs,

@@ -20,6 +20,7 @@ _structs = {k: v for k, v in v1_2_1.FAMILY.structs.items() if k != "RKLLMMultiMo
 
 FAMILY = AbiFamily(
     key="1.2.3",
+    capabilities=v1_2_1.CAPABILITIES,
     releases=("1.2.3",),
     structs={**_structs, "RKLLMMultiModalInput": RKLLMMultiModalInput},
     enums=v1_2_1.FAMILY.enums,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import POINTER, c_char, c_char_p, c_float, c_int, c_int32, c_size_t, c_uint64, c_void_p
+from dataclasses import replace
 
 from rkllm_core.abi import v1_1, v1_2_0, v1_2_1
 from rkllm_core.abi._spec import AbiFamily
@@ -109,8 +110,14 @@ class RKLLMCallback(ctypes.Structure):
     ]
 
 
+CAPABILITIES = replace(
+    v1_2_1.CAPABILITIES, per_run_sampling=True, image_tags_per_input=True, init_callbacks=True,
+    callback_releases_buffers=True,
+)
+
 FAMILY = AbiFamily(
     key="1.3.0",
+    capabilities=CAPABILITIES,
     releases=("1.3.0",),
     structs={
         **{k: v for k, v in v1_2_1.FAMILY.structs.items() if k != "RKLLMMultiModelInput"},

@@ -466,7 +466,7 @@ class ChatEngine:
             self._bos, self._eos = self.preset.bos_token, self.preset.eos_token
         self.mode: Mode = mode or ("tokens" if self._tokenizer is not None else "native")
         if mode is None and self.mode == "native" and self._template is not None and \
-                not model.lib.family.has("rkllm_set_chat_template"):
+                not model.capabilities.chat_template:
             self.mode = "raw"  # runtime 1.1 has no template of its own: render the preset
         if self.mode == "tokens" and self._tokenizer is None:
             raise InvalidParameterError(
@@ -477,7 +477,7 @@ class ChatEngine:
                 f"{self.mode} mode needs a chat template: give preset= (one of the built-in "
                 "presets) or a Hugging Face folder with tokenizer_config.json")
         # runtime 1.1 keeps no history and applies no template: it takes the prompt as written
-        self._stateful = model.lib.family.has("rkllm_clear_kv_cache")
+        self._stateful = model.capabilities.kv_cache_clear
         fmt = tool_format or (getattr(self.preset, "tool_call_format", None) if self.preset
                               else None) or "hermes"
         self.tool_format: ToolFormat = fmt
@@ -721,7 +721,7 @@ class ChatEngine:
                 plan = self._plan_rendered(state, system, rest, tools, enable_thinking, base)
             plan.parser_kwargs = parser_kwargs
             plan.epoch = state.epoch
-            if self.model.lib.family.has("rkllm_get_kv_cache_size"):
+            if self.model.capabilities.kv_cache_size:
                 plan.before.append(self._size_hook(plan, plan.reused_tokens if plan.reused
                                                    else None))
             state.valid = False  # until this run records what the cache then holds
@@ -756,7 +756,7 @@ class ChatEngine:
                      base: dict[str, Any]) -> _Plan:
         history, inputs = _trailing_inputs(rest)
         lib = self.model.lib
-        can_set_tools = lib.family.has("rkllm_set_function_tools")
+        can_set_tools = self.model.capabilities.function_tools
         tools_json = json.dumps([t.to_openai() for t in tools], ensure_ascii=False)
         key = ("native", system, tools_json)
         reused = (state.valid and state.key == key and len(state.turns) == len(history)
@@ -793,7 +793,7 @@ class ChatEngine:
         else:
             role = inputs[0].role
             text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
-        if role == "tool" and not lib.family.has("rkllm_set_function_tools"):
+        if role == "tool" and not self.model.capabilities.function_tools:
             role, text = "user", "Tool results:\n" + text
         images = inputs[0].images if inputs[0].role == "user" else ()
         run_kwargs = dict(base, prompt=text, role=role, enable_thinking=enable_thinking)
@@ -890,7 +890,7 @@ class ChatEngine:
                 common += 1
             if common == len(ids):  # nothing new: recompute the last token for its logits
                 common -= 1
-            can_cut = lib.family.has("rkllm_get_kv_cache_size")
+            can_cut = self.model.capabilities.kv_cache_size
             if common < len(cached) and not (can_cut and common > 0):
                 common = 0
             if common == 0 and self._stateful:
@@ -916,7 +916,7 @@ class ChatEngine:
                 new_text, reused, reused_tokens = text[len(cached_text):], True, state.size or 0
             else:
                 new_text, reused, reused_tokens = text, False, 0
-                if state.setup != ("raw",) and lib.family.has("rkllm_set_chat_template"):
+                if state.setup != ("raw",) and self.model.capabilities.chat_template:
                     before.append(lambda h: self._check(
                         lib.set_chat_template(h, b"", b"", b""), "rkllm_set_chat_template"))
                     state.setup = ("raw",)

@@ -131,7 +131,7 @@ def test_tokens_mode_cuts_a_diverged_history_back_to_the_common_prefix(
     assert again.message.content == "Your name is Alice."
     common = len(chat.render([*base, first.message]).encode()) - len(
         b"<|im_start|>assistant\n")
-    if llm.lib.family.has("rkllm_get_kv_cache_size"):  # 1.2.1+: cut the cache, keep the prefix
+    if llm.capabilities.kv_cache_size:  # 1.2.1+: cut the cache, keep the prefix
         assert again.reused_cache
         assert again.usage.prefill_tokens < len(chat.render(edited).encode()) - common + 40
     else:  # 1.2.0 cannot cut a range: the whole conversation is replayed, still correctly
@@ -177,7 +177,7 @@ def test_raw_mode_switches_the_runtime_template_off_once(llm: RKLLM) -> None:
     replayed = chat.generate([ChatMessage.user("My name is Alice."), first.message,
                               ChatMessage.user("What is my name?")])
     assert not replayed.reused_cache and replayed.message.content == "Your name is Alice."
-    if llm.lib.family.has("rkllm_get_kv_cache_size"):  # the runtime reports prefills (1.2.1+)
+    if llm.capabilities.kv_cache_size:  # the runtime reports prefills (1.2.1+)
         assert 0 < second.usage.prefill_tokens < replayed.usage.prefill_tokens
 
 
