@@ -36,6 +36,7 @@ from rkllm_core.errors import (
     RuntimeCrashedError,
     RunTimeoutError,
     RuntimeVersionError,
+    StaleKVCacheError,
     UnsupportedFeatureError,
 )
 
@@ -111,6 +112,7 @@ __all__ = [
     "RuntimeInfo",
     "RuntimeVersionError",
     "SamplingParams",
+    "StaleKVCacheError",
     "StreamChunk",
     "TextStream",
     "UnsupportedFeatureError",

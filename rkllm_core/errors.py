@@ -106,3 +106,8 @@ class RuntimeCrashedError(RKLLMError):
 
 class ModelClosedError(RKLLMError):
     """The model was closed (or is closing): create a new :class:`rkllm_core.RKLLM`."""
+
+
+class StaleKVCacheError(RKLLMError):
+    """The KV cache no longer holds what the caller counted (cleared or trimmed behind its
+    back); the run did not start. The chat engine replays the conversation when it sees it."""

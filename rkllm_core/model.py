@@ -42,6 +42,14 @@ from pydantic import ValidationError
 
 from rkllm_core.abi import Capabilities, first_release_with
 from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
+from rkllm_core.backend import (
+    ClearKVCache,
+    ReadKVCacheSize,
+    RunSetup,
+    SetChatTemplate,
+    SetFunctionTools,
+    kv_cache_holds,
+)
 from rkllm_core.errors import (
     InvalidParameterError,
     ModelClosedError,
@@ -49,6 +57,7 @@ from rkllm_core.errors import (
     RKLLMError,
     RunError,
     RunTimeoutError,
+    StaleKVCacheError,
     UnsupportedFeatureError,
 )
 from rkllm_core.library import RuntimeLibrary, load_library
@@ -147,6 +156,8 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: FinishReason
     perf: PerfStats
+    #: the KV-cache size the run started from, when ``setup`` asked (:mod:`rkllm_core.backend`)
+    kv_cache_size_before: int | None = None
 
 
 @dataclass(frozen=True)
@@ -359,6 +370,7 @@ class _Run:
     tokens_seen: int = 0
     arrays: list[np.ndarray] = field(default_factory=list)
     native_perf: dict[str, float] | None = None
+    kv_size_before: int | None = None  # read by a ReadKVCacheSize setup step
     started: float = 0.0
     first_token: float | None = None
     ended: float = 0.0
@@ -751,7 +763,8 @@ def _finish(run: _Run) -> None:
             reason = "length"
         else:
             reason = "stop"
-        run.channel.put(_Done(GenerationResult(run.text, list(run.token_ids), reason, _perf(run))))
+        run.channel.put(_Done(GenerationResult(run.text, list(run.token_ids), reason, _perf(run),
+                                               run.kv_size_before)))
     run.channel.close()
 
 
@@ -1443,6 +1456,7 @@ class RKLLM:
         save_prompt_cache: str | os.PathLike[str] | None = None,
         stop: Sequence[str] | None = None,
         on_token: Callable[[StreamChunk], object] | None = None,
+        setup: Sequence[RunSetup] = (),
         before: Sequence[Callable[[Any], None]] = (),
         timeout: float | None = None,
     ) -> TextStream:
@@ -1470,7 +1484,7 @@ class RKLLM:
                           keep_history=keep_history, max_new_tokens=max_new_tokens,
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=on_token)
-        run.before = list(before)
+        run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
         engine = self._live
         engine.submit(run, "stream()")
@@ -1559,6 +1573,7 @@ class RKLLM:
         save_prompt_cache: str | os.PathLike[str] | None = None,
         stop: Sequence[str] | None = None,
         on_token: Callable[[StreamChunk], object] | None = None,
+        setup: Sequence[RunSetup] = (),
         before: Sequence[Callable[[Any], None]] = (),
         timeout: float | None = None,
     ) -> GenerationResult:
@@ -1582,10 +1597,14 @@ class RKLLM:
             on_token: called with each :class:`StreamChunk` on the worker thread, inside the
                 runtime's callback; if it raises, the run is aborted and the exception is
                 re-raised here.
-            before: callables run with the native handle on the worker thread right before
-                this run, with nothing in between (e.g. ``lib.clear_kv_cache(handle, False)``);
-                for layers such as :mod:`rkllm_core.chat`. If one raises, the run does not
-                start and the exception is raised here.
+            setup: what to do on the runtime right before this run, with nothing in between,
+                as data (:mod:`rkllm_core.backend`: set tools or the template, clear or cut the
+                KV cache, read its size into ``kv_cache_size_before``); for layers such as
+                :mod:`rkllm_core.chat`. If one fails, the run does not start and the error is
+                raised here.
+            before: callables run with the native handle on the worker thread after
+                ``setup``, right before this run (e.g. ``lib.clear_kv_cache(handle, False)``).
+                If one raises, the run does not start and the exception is raised here.
             timeout: seconds for waiting plus running; RunTimeoutError after it (a run that
                 had started is aborted first).
 
@@ -1607,7 +1626,7 @@ class RKLLM:
                           keep_history=keep_history, max_new_tokens=max_new_tokens,
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=on_token)
-        run.before = list(before)
+        run.before = [*self._setup_hooks(run, setup), *before]
         return self._collect(run, timeout, "generate()")
 
     def astream(
@@ -1625,6 +1644,7 @@ class RKLLM:
         lora: str | None = None,
         save_prompt_cache: str | os.PathLike[str] | None = None,
         stop: Sequence[str] | None = None,
+        setup: Sequence[RunSetup] = (),
         before: Sequence[Callable[[Any], None]] = (),
         timeout: float | None = None,
     ) -> AsyncTextStream:
@@ -1652,7 +1672,7 @@ class RKLLM:
                           keep_history=keep_history, max_new_tokens=max_new_tokens,
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=None)
-        run.before = list(before)
+        run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
         engine = self._live
         engine.submit(run, "astream()")
@@ -1674,6 +1694,7 @@ class RKLLM:
         save_prompt_cache: str | os.PathLike[str] | None = None,
         stop: Sequence[str] | None = None,
         on_token: Callable[[StreamChunk], object] | None = None,
+        setup: Sequence[RunSetup] = (),
         before: Sequence[Callable[[Any], None]] = (),
         timeout: float | None = None,
     ) -> GenerationResult:
@@ -1697,7 +1718,7 @@ class RKLLM:
                           keep_history=keep_history, max_new_tokens=max_new_tokens,
                           sampling=sampling, lora=lora, save_prompt_cache=save_prompt_cache,
                           stop=stop, on_token=on_token)
-        run.before = list(before)
+        run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
         engine = self._live
         engine.submit(run, "agenerate()")
@@ -1908,6 +1929,87 @@ class RKLLM:
             return vector.astype(np.float32)
 
         return self._independent_runs("hidden", items), read
+
+    def _setup_hooks(self, run: _Run, setup: Sequence[RunSetup]) -> list[Callable[[Any], None]]:
+        """``setup`` checked now, as calls the worker makes right before ``run``."""
+        if isinstance(setup, (str, bytes)) or not isinstance(setup, Sequence):
+            raise InvalidParameterError(
+                f"setup must be a list of rkllm_core.backend steps, got {type(setup).__name__}")
+        calls = [self._setup_call(op) for op in setup]
+
+        def hook(call: Callable[[Any], int | None]) -> Callable[[Any], None]:
+            def step(handle: Any) -> None:
+                size = call(handle)
+                if size is not None:
+                    run.kv_size_before = size
+            return step
+
+        return [hook(call) for call in calls]
+
+    def _setup_call(self, op: RunSetup) -> Callable[[Any], int | None]:
+        """One :mod:`rkllm_core.backend` step, checked now, as a call the worker makes with the
+        native handle; it returns the KV-cache size for :class:`ReadKVCacheSize`."""
+        lib = self.lib
+        if isinstance(op, ClearKVCache):
+            self._require("kv_cache_clear", "clearing the KV cache")
+            keep = bool(op.keep_system_prompt)
+            if op.start is None and op.end is None:
+                def clear(handle: Any) -> None:
+                    self._check(lib.clear_kv_cache(handle, keep), "rkllm_clear_kv_cache",
+                                "see the runtime's log on stderr")
+                return clear
+            self._require("kv_cache_ranges", "clearing a range of the KV cache")
+            first, last = op.start, op.end
+            if not (isinstance(first, int) and isinstance(last, int)) or isinstance(
+                    first, bool) or isinstance(last, bool) or not 0 <= first < last:
+                raise InvalidParameterError(
+                    f"a KV-cache range is [start, end) with 0 <= start < end, got "
+                    f"[{first}, {last})")
+            start, end = (ctypes.c_int * 1)(first), (ctypes.c_int * 1)(last)
+
+            def clear_range(handle: Any) -> None:
+                self._check(lib.clear_kv_cache(handle, keep, start, end), "rkllm_clear_kv_cache",
+                            "a range must lie inside the cache (see kv_cache_size)")
+            return clear_range
+        if isinstance(op, ReadKVCacheSize):
+            self._require("kv_cache_size", "reading the KV-cache size")
+            limit = int(self.params.max_context_len)
+            expected = op.expected
+
+            def read(handle: Any) -> int:
+                sizes = (ctypes.c_int * 1)()
+                self._check(lib.get_kv_cache_size(handle, sizes), "rkllm_get_kv_cache_size",
+                            "the runtime could not report it")
+                if expected is not None and not kv_cache_holds(sizes[0], expected, limit):
+                    raise StaleKVCacheError(
+                        f"the KV cache holds {sizes[0]} positions where {expected} were "
+                        "expected: it was cleared or trimmed behind the caller's back")
+                return int(sizes[0])
+            return read
+        if isinstance(op, SetChatTemplate):
+            self._require("chat_template", "set_chat_template()")
+            args = (_c_text(op.system, "system"), _c_text(op.prefix, "prefix"),
+                    _c_text(op.postfix, "postfix"))
+
+            def template(handle: Any) -> None:
+                self._check(lib.set_chat_template(handle, *args), "rkllm_set_chat_template",
+                            "see the runtime's log on stderr")
+            return template
+        if isinstance(op, SetFunctionTools):
+            self._require("function_tools", "set_function_tools()")
+            tool_args = (_c_text(op.system, "system"), _c_text(op.tools_json, "tools"),
+                         _c_text(op.tool_response, "tool_response_str"))
+
+            def tools(handle: Any) -> None:
+                self._check(lib.set_function_tools(handle, *tool_args),
+                            "rkllm_set_function_tools",
+                            "the model needs its own chat template (the runtime logs "
+                            "'chat_template is empty' otherwise), and set_chat_template() must "
+                            "not have been called")
+            return tools
+        raise InvalidParameterError(
+            f"a setup step is one of rkllm_core.backend's ClearKVCache, ReadKVCacheSize, "
+            f"SetChatTemplate, SetFunctionTools; got {type(op).__name__}")
 
     def _fresh_cache_hooks(self) -> list[Callable[[Any], None]]:
         if not self.capabilities.kv_cache_clear:
@@ -2135,23 +2237,15 @@ class RKLLM:
             ...     llm.kv_cache_size
             0
         """
-        self._require("kv_cache_clear", "clear_kv_cache()")
         if ranges is None:
-            code = self._live.call(
-                lambda h: self.lib.clear_kv_cache(h, keep_system_prompt), "clear_kv_cache()")
+            op = ClearKVCache(keep_system_prompt)
         else:
-            self._require("kv_cache_ranges", "clear_kv_cache(ranges=...)")
             pairs = [ranges] if isinstance(ranges, tuple) else list(ranges)
-            if len(pairs) != 1 or any(len(p) != 2 or not 0 <= p[0] < p[1] for p in pairs):
+            if len(pairs) != 1 or len(pairs[0]) != 2:
                 raise InvalidParameterError(
                     "ranges must be one (start, end) pair with 0 <= start < end")
-            start = (ctypes.c_int * 1)(pairs[0][0])
-            end = (ctypes.c_int * 1)(pairs[0][1])
-            code = self._live.call(
-                lambda h: self.lib.clear_kv_cache(h, keep_system_prompt, start, end),
-                "clear_kv_cache()")
-        self._check(code, "rkllm_clear_kv_cache",
-                    "a range must lie inside the cache (see kv_cache_size)")
+            op = ClearKVCache(keep_system_prompt, pairs[0][0], pairs[0][1])
+        self._live.call(self._setup_call(op), "clear_kv_cache()")
 
     @property
     def kv_cache_size(self) -> int:
@@ -2159,11 +2253,8 @@ class RKLLM:
 
         Example: see :meth:`clear_kv_cache`.
         """
-        self._require("kv_cache_size", "kv_cache_size")
-        sizes = (ctypes.c_int * 1)()
-        code = self._live.call(lambda h: self.lib.get_kv_cache_size(h, sizes), "kv_cache_size")
-        self._check(code, "rkllm_get_kv_cache_size", "the runtime could not report it")
-        return int(sizes[0])
+        size: int = self._live.call(self._setup_call(ReadKVCacheSize()), "kv_cache_size")
+        return size
 
     def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
         """Replace the model's chat template (1.2.0+). Clears the KV cache and switches off
@@ -2177,11 +2268,8 @@ class RKLLM:
             >>> with RKLLM(path, library="host", max_context_len=512) as llm:
             ...     llm.set_chat_template("", "", "")
         """
-        self._require("chat_template", "set_chat_template()")
-        args = (_c_text(system, "system"), _c_text(prefix, "prefix"), _c_text(postfix, "postfix"))
-        code = self._live.call(lambda h: self.lib.set_chat_template(h, *args),
-                               "set_chat_template()")
-        self._check(code, "rkllm_set_chat_template", "see the runtime's log on stderr")
+        self._live.call(self._setup_call(SetChatTemplate(system, prefix, postfix)),
+                        "set_chat_template()")
 
     def set_function_tools(self, system: str, tools: Sequence[dict[str, Any]] | str,
                            tool_response_str: str = "tool_response") -> None:
@@ -2204,7 +2292,6 @@ class RKLLM:
             ...     llm.generate("What is the weather?").text
             '<tool_call>get_weather</tool_call>'
         """
-        self._require("function_tools", "set_function_tools()")
         if isinstance(tools, str):
             try:
                 parsed = json.loads(tools)
@@ -2220,13 +2307,8 @@ class RKLLM:
             raise InvalidParameterError(
                 f"tools cannot be written as JSON ({exc}): use only dicts, lists, strings, "
                 "numbers, booleans and None in the function schemas") from exc
-        args = (_c_text(system, "system"), _c_text(tools_json, "tools"),
-                _c_text(tool_response_str, "tool_response_str"))
-        code = self._live.call(lambda h: self.lib.set_function_tools(h, *args),
-                               "set_function_tools()")
-        self._check(code, "rkllm_set_function_tools",
-                    "the model needs its own chat template (the runtime logs 'chat_template is "
-                    "empty' otherwise), and set_chat_template() must not have been called")
+        self._live.call(self._setup_call(SetFunctionTools(system, tools_json, tool_response_str)),
+                        "set_function_tools()")
 
     def set_cross_attn_params(self, encoder_k_cache: np.ndarray, encoder_v_cache: np.ndarray,
                               encoder_mask: np.ndarray, encoder_pos: np.ndarray) -> None:

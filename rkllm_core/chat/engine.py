@@ -52,9 +52,16 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mappin
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rkllm_core.backend import (
+    ClearKVCache,
+    ReadKVCacheSize,
+    RunSetup,
+    SetChatTemplate,
+    SetFunctionTools,
+)
 from rkllm_core.chat.messages import ChatMessage, InvalidToolCall, ToolCall, ToolSpec
 from rkllm_core.chat.output import OutputParser, ToolCallDelta, ToolFormat
-from rkllm_core.errors import InvalidParameterError, RKLLMError
+from rkllm_core.errors import InvalidParameterError, RKLLMError, StaleKVCacheError
 
 logger = logging.getLogger("rkllm_core")
 
@@ -214,22 +221,13 @@ def _state_of(model: Any) -> _CacheState:
 @dataclass
 class _Plan:
     run_kwargs: dict[str, Any]
-    before: list[Callable[[Any], None]]
+    setup: list[RunSetup]  # done by the model on its worker right before the run
     epoch: int
     reused: bool
     reused_tokens: int
     record: Callable[[_CacheState, list[int], ChatMessage | None, str], None]
     parser_kwargs: dict[str, Any]
     sent_tokens: int | None = None  # tokens mode: how many ids this run sends
-    size_before: list[int | None] = field(default_factory=lambda: [None])  # read on the worker
-
-
-class _StaleCache(RKLLMError):
-    """The KV cache no longer holds what the engine recorded (cleared, or trimmed when full)."""
-
-
-#: How far the runtime's KV size may differ from the engine's count (an end token or two).
-_SIZE_SLACK = 2
 
 
 _Request = tuple[list[ChatMessage], dict[str, Any]]
@@ -521,7 +519,7 @@ class ChatEngine:
         def start() -> tuple[_Plan, Any]:
             plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
                               max_new_tokens, sampling)
-            return plan, self.model.stream(**plan.run_kwargs, before=plan.before,
+            return plan, self.model.stream(**plan.run_kwargs, setup=plan.setup,
                                            timeout=timeout)
         return ChatStream(self, start)
 
@@ -533,7 +531,7 @@ class ChatEngine:
         def start() -> tuple[_Plan, Any]:
             plan = self._plan(messages, tools, tool_choice, enable_thinking, stop,
                               max_new_tokens, sampling)
-            return plan, self.model.astream(**plan.run_kwargs, before=plan.before,
+            return plan, self.model.astream(**plan.run_kwargs, setup=plan.setup,
                                             timeout=timeout)
         return AsyncChatStream(self, start)
 
@@ -722,60 +720,37 @@ class ChatEngine:
             plan.parser_kwargs = parser_kwargs
             plan.epoch = state.epoch
             if self.model.capabilities.kv_cache_size:
-                plan.before.append(self._size_hook(plan, plan.reused_tokens if plan.reused
-                                                   else None))
+                # last before the run: the size it starts from and, when the plan reuses the
+                # cache, a check that it still holds what this engine recorded
+                plan.setup.append(ReadKVCacheSize(plan.reused_tokens if plan.reused else None))
             state.valid = False  # until this run records what the cache then holds
             if not self._stateful:  # 1.1 keeps no history: every call sends everything
                 plan.record = _forget
             return plan
 
-    def _size_hook(self, plan: _Plan, expected: int | None) -> Callable[[Any], None]:
-        """Runs last before the run, on the worker: reads the KV size the run starts from and,
-        when the plan reuses the cache, checks it still holds what the engine recorded."""
-        import ctypes
-
-        lib = self.model.lib
-        limit = int(self.model.params.max_context_len)
-
-        def hook(handle: Any) -> None:
-            sizes = (ctypes.c_int * 1)()
-            if lib.get_kv_cache_size(handle, sizes) != 0:
-                return
-            plan.size_before[0] = sizes[0]
-            # a conversation that outgrew the context was trimmed by the runtime itself (it
-            # drops older positions and keeps going): that cache is still this conversation's
-            trimmed = expected is not None and expected >= limit - _SIZE_SLACK and \
-                0 < sizes[0] < expected
-            if expected is not None and not trimmed and abs(sizes[0] - expected) > _SIZE_SLACK:
-                raise _StaleCache(f"the KV cache holds {sizes[0]} positions, the conversation "
-                                  f"{expected}: it was cleared or trimmed; replaying")
-        return hook
-
     def _plan_native(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
                      tools: list[ToolSpec], enable_thinking: bool,
                      base: dict[str, Any]) -> _Plan:
         history, inputs = _trailing_inputs(rest)
-        lib = self.model.lib
         can_set_tools = self.model.capabilities.function_tools
         tools_json = json.dumps([t.to_openai() for t in tools], ensure_ascii=False)
         key = ("native", system, tools_json)
         reused = (state.valid and state.key == key and len(state.turns) == len(history)
                   and all(a.same_turn(b) for a, b in zip(state.turns, history, strict=True)))
-        before: list[Callable[[Any], None]] = []
+        steps: list[RunSetup] = []
         fold_system = ""
         if not reused:
             setup = (system, tools_json)
             if can_set_tools and (system is not None or tools or state.setup is not None):
                 if state.setup != setup:
-                    before.append(self._set_tools_call(system or "", tools_json))
+                    steps.append(SetFunctionTools(system or "", tools_json, TOOL_RESPONSE))
                     state.setup = setup
             elif system is not None or tools:
                 # no runtime call for a system prompt: write it (and the tools) into the turn
                 parts = [system or ""] + ([hermes_tool_instructions(tools)] if tools else [])
                 fold_system = "\n\n".join(p for p in parts if p)
             if self._stateful:
-                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
-                                                    "rkllm_clear_kv_cache"))
+                steps.append(ClearKVCache())
         if reused:
             role = inputs[0].role
             text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
@@ -811,23 +786,7 @@ class ChatEngine:
             state.turns = (*turns_before, reply)
             state.valid = True
 
-        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {})
-
-    def _set_tools_call(self, system: str, tools_json: str) -> Callable[[Any], None]:
-        lib = self.model.lib
-
-        def call(handle: Any) -> None:
-            self._check(lib.set_function_tools(handle, system.encode(), tools_json.encode(),
-                                               TOOL_RESPONSE.encode()),
-                        "rkllm_set_function_tools",
-                        "the model needs its own chat template for tools (rknn-llm issue 397); "
-                        "use tokens or raw mode with a preset")
-        return call
-
-    @staticmethod
-    def _check(code: int, function: str, hint: str = "") -> None:
-        if code != 0:
-            raise RKLLMError(f"{function} returned {code}" + (f": {hint}" if hint else ""))
+        return _Plan(run_kwargs, steps, 0, reused, reused_tokens, record, {})
 
     def _image_input(self, images: Sequence[Any]) -> Any:
         import numpy as np
@@ -869,8 +828,7 @@ class ChatEngine:
         _trailing_inputs(rest)  # validates the last message
         messages = ([ChatMessage.system(system)] if system is not None else []) + rest
         text = self.render(messages, tools, enable_thinking)
-        lib = self.model.lib
-        before: list[Callable[[Any], None]] = []
+        setup: list[RunSetup] = []
         key: tuple[Any, ...] = (self.mode,)
         same_setup = state.valid and state.key == key
         if self.mode == "tokens":
@@ -894,12 +852,9 @@ class ChatEngine:
             if common < len(cached) and not (can_cut and common > 0):
                 common = 0
             if common == 0 and self._stateful:
-                before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
-                                                    "rkllm_clear_kv_cache"))
+                setup.append(ClearKVCache())
             elif 0 < common < len(cached):
-                start, end = ctypes_int(common), ctypes_int(len(cached))
-                before.append(lambda h: self._check(lib.clear_kv_cache(h, False, start, end),
-                                                    "rkllm_clear_kv_cache"))
+                setup.append(ClearKVCache(start=common, end=len(cached)))
             run_kwargs = dict(base, tokens=ids[common:])
             reused, reused_tokens = common > 0, common
             sent: int | None = len(ids) - common
@@ -917,12 +872,10 @@ class ChatEngine:
             else:
                 new_text, reused, reused_tokens = text, False, 0
                 if state.setup != ("raw",) and self.model.capabilities.chat_template:
-                    before.append(lambda h: self._check(
-                        lib.set_chat_template(h, b"", b"", b""), "rkllm_set_chat_template"))
+                    setup.append(SetChatTemplate("", "", ""))
                     state.setup = ("raw",)
                 if self._stateful:
-                    before.append(lambda h: self._check(lib.clear_kv_cache(h, False),
-                                                        "rkllm_clear_kv_cache"))
+                    setup.append(ClearKVCache())
             # thinking is in the rendered text; the runtime's flag is off after
             # rkllm_set_chat_template anyway (and absent before 1.2.1)
             run_kwargs = dict(base, prompt=new_text, role="user")
@@ -936,7 +889,7 @@ class ChatEngine:
                 state.key = key
                 state.text = text + raw
                 state.valid = True
-        return _Plan(run_kwargs, before, 0, reused, reused_tokens, record, {}, sent)
+        return _Plan(run_kwargs, setup, 0, reused, reused_tokens, record, {}, sent)
 
     # -- finishing a turn ------------------------------------------------------------------
 
@@ -970,21 +923,22 @@ class ChatEngine:
         if prefill is None:
             prefill = plan.sent_tokens or 0
         usage = ChatUsage(
-            input_tokens=(plan.size_before[0] if plan.size_before[0] is not None
-                          else plan.reused_tokens) + prefill,
+            input_tokens=(generation.kv_cache_size_before
+                          if generation is not None and generation.kv_cache_size_before
+                          is not None else plan.reused_tokens) + prefill,
             output_tokens=perf.decode_tokens if perf is not None else 0,
             prefill_tokens=prefill,
             prefill_ms=perf.prefill_ms if perf is not None else 0.0,
             decode_ms=perf.decode_ms if perf is not None else 0.0,
             tokens_per_second=perf.tokens_per_second if perf is not None else 0.0)
         return ChatResult(reply, parsed.invalid_tool_calls, finish, usage, parsed.stop_sequence,
-                          self.mode, plan.reused, self.model.lib.release, raw_text)
+                          self.mode, plan.reused, self.model.runtime_info.release, raw_text)
 
     @staticmethod
     def _size_after(plan: _Plan, generation: Any) -> int | None:
         """The KV size after the run: where it started, plus what was prefilled and made."""
         perf = generation.perf if generation is not None else None
-        start = plan.size_before[0]
+        start = generation.kv_cache_size_before if generation is not None else None
         if start is None or perf is None or perf.prefill_tokens is None:
             return None
         return int(start + perf.prefill_tokens + perf.decode_tokens)
@@ -996,13 +950,6 @@ async def _consume(stream: AsyncChatStream, on_chunk: Callable[[ChatChunk], Any]
             value = on_chunk(chunk)
             if inspect.isawaitable(value):
                 await value
-
-
-def ctypes_int(value: int) -> Any:
-    """A one-element C int array (the per-batch position arrays of rkllm_clear_kv_cache)."""
-    import ctypes
-
-    return (ctypes.c_int * 1)(value)
 
 
 class _ChatStreamBase:
@@ -1066,7 +1013,7 @@ class ChatStream(_ChatStreamBase):
         try:
             try:
                 first = next(iter(self._text), None)
-            except _StaleCache:
+            except StaleKVCacheError:
                 self._replay()
                 first = next(iter(self._text), None)
             for piece in itertools.chain([first] if first is not None else [], self._text):
@@ -1109,7 +1056,7 @@ class AsyncChatStream(_ChatStreamBase):
         try:
             try:
                 first = await anext(aiter(self._text), None)
-            except _StaleCache:
+            except StaleKVCacheError:
                 self._replay()
                 first = await anext(aiter(self._text), None)
             if first is not None:
