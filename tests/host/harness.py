@@ -165,6 +165,10 @@ class Session:
         code = self.lib.run(self.model.handle, array, ctypes.byref(infer), None)
         return Run(code, self.events)
 
+    def clear_kv_cache(self) -> None:
+        """Empty the KV cache, system prompt included."""
+        assert self.lib.clear_kv_cache(self.model.handle, False) == 0
+
     def kv_cache_size(self) -> list[int]:
         sizes = (ctypes.c_int * self.n_batch)()
         assert self.lib.get_kv_cache_size(self.model.handle, sizes) == 0

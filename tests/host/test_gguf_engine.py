@@ -1,6 +1,9 @@
 """The host runtime's GGUF engine: a real model (SmolLM2-135M-Instruct) through the ctypes layer.
 
-Built for the 1.3.0 and 1.2.1 families. Sampling is greedy (top_k = 1) so answers are stable.
+Built for the 1.3.0 and 1.2.1 families. The tests assert what the runtime guarantees (prefill
+counts, what the KV cache holds, logits and token ids), never the words of a reply: llama.cpp
+picks its SIMD kernels by CPU, so a 135M model's greedy reply differs from machine to machine
+(exact replies are the scripted engine's business, tests/host/test_runtime_behaviour.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rkllm_core.chat.templates import PRESETS
+from rkllm_core.chat.tokenizer import ChatTokenizer
 from rkllm_core.host.build import find_llama_cpp
 from tests.host.harness import Session
 
@@ -39,32 +44,91 @@ def chat(request: pytest.FixtureRequest) -> Any:
     s.close()
 
 
-def test_a_factual_question_is_answered_and_streamed_token_by_token(chat: Session) -> None:
+@pytest.fixture(scope="module")
+def tokenizer() -> ChatTokenizer:
+    return ChatTokenizer.from_gguf(smollm2())
+
+
+def user_turn(tokenizer: ChatTokenizer, text: str) -> list[int]:
+    """What the runtime prefills for a user turn once the system prompt is cached: SmolLM2's
+    template around the text, which stays text (tokenized as the runtime does, piece by piece)."""
+    return (tokenizer.encode("<|im_start|>user\n") + tokenizer.encode(text, parse_special=False)
+            + tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n"))
+
+
+def logits_from_empty_cache(session: Session, prompt: str, **kwargs: Any) -> np.ndarray:
+    """The next-token logits after ``prompt`` prefilled from an empty KV cache, so that two
+    calls on one machine run the very same computation."""
+    session.clear_kv_cache()
+    run = session.run(prompt, mode=2, **kwargs)
+    assert run.code == 0 and run.events[0].logits is not None
+    return np.asarray(run.events[0].logits[0], dtype=np.float64)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return np.asarray(shifted - np.log(np.exp(shifted).sum()))
+
+
+# Logits of the same state computed by other kernels (another CPU, another batch split) differ
+# by far less than this; another prompt's, or the noisy LoRA's, by more than 15 here.
+SAME_STATE_LOGITS = 1.0
+
+
+def test_a_reply_is_streamed_token_by_token_and_its_text_is_its_tokens(
+    chat: Session, tokenizer: ChatTokenizer
+) -> None:
     run = chat.run("What is the capital of France?")
-    assert run.code == 0
-    assert "Paris" in run.text()
+    assert run.code == 0 and run.text().strip()
     pieces = [e for e in run.events if e.state == 0 and e.texts[0]]
     assert len(pieces) >= 3  # one callback per token, not one for the whole reply
-    assert all(e.token_ids[0] >= 0 for e in pieces)
+    ids = [e.token_ids[0] for e in run.events if e.state in (0, 1) and e.token_ids[0] >= 0]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == run.text()
     perf = run.perf
-    assert perf["generate_tokens"] == len([e for e in run.events if e.state in (0, 1)])
+    assert perf["generate_tokens"] == len(ids)
     assert perf["prefill_tokens"] > 5 and perf["prefill_time_ms"] > 0
     assert perf["memory_usage_mb"] > 50  # the model's weights are resident
 
 
-def test_keep_history_prefills_only_the_new_turn_and_remembers_the_first(chat: Session) -> None:
-    first = chat.run("Hi, I am Alice.", keep_history=1)
+def test_keep_history_prefills_only_the_new_turn_and_the_cache_holds_every_token(
+    chat: Session, tokenizer: ChatTokenizer
+) -> None:
+    first = chat.run("My name is Alice.", keep_history=1)
     cached = chat.kv_cache_size()[0]
-    # the cache holds the first turn: its prefill and what the model said
-    assert cached >= first.perf["prefill_tokens"] + first.perf["generate_tokens"] - 1
+    # the cache holds the first turn: all it prefilled and every token the model said
+    assert cached == first.perf["prefill_tokens"] + first.perf["generate_tokens"]
     second = chat.run("Who am I?", keep_history=1)
-    assert "Alice" in second.text()
-    assert chat.kv_cache_size()[0] > cached
-    assert chat.lib.clear_kv_cache(chat.model.handle, False) == 0
+    # with history only the new turn is prefilled: no second system prompt
+    assert second.perf["prefill_tokens"] == len(user_turn(tokenizer, "Who am I?"))
+    assert chat.kv_cache_size()[0] == (
+        cached + second.perf["prefill_tokens"] + second.perf["generate_tokens"])
+    chat.clear_kv_cache()
     fresh = chat.run("Who am I?", keep_history=0)
-    assert "Alice" not in fresh.text()
-    # the second turn prefilled its own tokens only; alone, the same turn pays the system prompt
-    assert second.perf["prefill_tokens"] < fresh.perf["prefill_tokens"]
+    # alone, the same turn pays the system prompt again, which the first turn's prefill held
+    system = first.perf["prefill_tokens"] - len(user_turn(tokenizer, "My name is Alice."))
+    assert system > 0
+    assert fresh.perf["prefill_tokens"] == system + second.perf["prefill_tokens"]
+
+
+def test_keep_history_remembers_the_first_turn_in_the_next_tokens_odds(
+    chat: Session, tokenizer: ChatTokenizer
+) -> None:
+    # the question, and the start of the answer, as tokens after whatever the model replied
+    probe = tokenizer.encode("<|im_end|>\n<|im_start|>user\nRepeat my name.<|im_end|>\n"
+                             "<|im_start|>assistant\nYour name is")
+    alice = tokenizer.encode(" Alice")[0]
+
+    def odds_of_alice_after(first_turn: str) -> float:
+        chat.clear_kv_cache()
+        assert chat.run(first_turn, keep_history=1).code == 0
+        run = chat.run(tokens=probe, mode=2, keep_history=1)
+        assert run.code == 0 and run.events[0].logits is not None
+        return float(log_softmax(run.events[0].logits[0].astype(np.float64))[alice])
+
+    remembered = odds_of_alice_after("My name is Alice.")
+    never_told = odds_of_alice_after("Hello.")
+    # measured here: -1.8 against -7.7 (about 360 times as likely); any gain shows the memory
+    assert remembered > never_told
 
 
 def test_hidden_states_of_paraphrases_are_closer_than_of_unrelated_sentences() -> None:
@@ -86,9 +150,13 @@ def test_hidden_states_of_paraphrases_are_closer_than_of_unrelated_sentences() -
 
 
 def test_logits_argmax_is_the_greedy_first_token(chat: Session) -> None:
+    chat.clear_kv_cache()
     logits_run = chat.run("What is the capital of France?", mode=2)
     logits = logits_run.events[0].logits
     assert logits is not None and logits.shape == (1, 49152)
+    # from an empty cache again, so greedy decoding sees the very same logits (the top two of
+    # this prompt are 0.1 apart: another prefill split could tip them)
+    chat.clear_kv_cache()
     greedy = chat.run("What is the capital of France?")
     first = next(e.token_ids[0] for e in greedy.events if e.state in (0, 1))
     assert int(np.argmax(logits[0])) == first
@@ -112,22 +180,34 @@ def test_abort_stops_the_run_within_one_token() -> None:
     assert len(tokens_after_abort) <= 1
     assert not s.lib.is_running(s.model.handle)
     s.on_event = None
-    assert "Paris" in s.run("What is the capital of France?").text()  # still usable
+    again = s.run("What is the capital of France?")  # still usable
+    assert again.code == 0 and again.text().strip() and again.finish.perf
     s.close()
 
 
-def test_prompt_cache_save_then_load_reduces_the_next_prefill(
+def test_prompt_cache_save_then_load_serves_the_whole_prompt(
     chat: Session, tmp_path: Path
 ) -> None:
     cache = tmp_path / "prompt_cache.bin"
     handle = chat.model.handle
-    cold = chat.run("What is the capital of France?", save_cache=str(cache))
+    question = "What is the capital of France?"
+    chat.clear_kv_cache()
+    cold = chat.run(question, save_cache=str(cache))
+    assert cold.code == 0 and cold.perf["prefill_tokens"] > 5
     assert cache.exists() and cache.stat().st_size > 1000  # real llama.cpp state, not just ids
+    cold_logits = logits_from_empty_cache(chat, question)
     assert chat.lib.load_prompt_cache(handle, str(cache).encode()) == 0
-    warm = chat.run("What is the capital of France?")
-    assert warm.perf["prefill_tokens"] < cold.perf["prefill_tokens"]
-    assert warm.text() == cold.text()  # the restored state is the same state
+    # an empty cache, so only the loaded prompt cache can spare the prefill
+    chat.clear_kv_cache()
+    warm = chat.run(question, mode=2)
+    assert warm.perf["prefill_tokens"] == 0  # every token of the prompt came from the file
+    assert warm.events[0].logits is not None
+    # the restored state is the same state: the next token's logits agree
+    assert np.abs(warm.events[0].logits[0] - cold_logits).max() < SAME_STATE_LOGITS
     assert chat.lib.release_prompt_cache(handle) == 0
+    chat.clear_kv_cache()
+    released = chat.run(question, mode=2)
+    assert released.perf["prefill_tokens"] == cold.perf["prefill_tokens"]
 
 
 def _write_lora(path: Path, scale_noise: float = 4.0) -> None:
@@ -161,25 +241,32 @@ def test_a_gguf_lora_is_loaded_and_selected_per_run(chat: Session, tmp_path: Pat
     assert chat.lib.load_lora(handle, ctypes.byref(junk_adapter)) != 0
     adapter = adapter_type(str(adapter_file).encode(), b"noisy", 1.0)
     assert chat.lib.load_lora(handle, ctypes.byref(adapter)) == 0
-    base = chat.run("What is the capital of France?").text()
-    with_lora = chat.run("What is the capital of France?", lora="noisy").text()
-    assert with_lora != base
-    assert chat.run("What is the capital of France?").text() == base  # deselected again
+    question = "What is the capital of France?"
+    base = logits_from_empty_cache(chat, question)
+    with_lora = logits_from_empty_cache(chat, question, lora="noisy")
+    assert np.abs(with_lora - base).max() > SAME_STATE_LOGITS  # 38 here
+    deselected = logits_from_empty_cache(chat, question)
+    assert np.abs(deselected - base).max() < SAME_STATE_LOGITS  # 0 here: the same computation
+    assert chat.run(question, lora="noisy").code == 0  # generation takes the adapter too
     unknown = chat.run("Hello", lora="missing")
     assert unknown.code != 0
 
 
-def test_the_runtime_template_comes_from_the_gguf_and_can_be_switched_off(chat: Session) -> None:
+def test_the_runtime_template_comes_from_the_gguf_and_can_be_switched_off(
+    chat: Session, tokenizer: ChatTokenizer
+) -> None:
     assert "host engine: gguf" in chat.model.init_log
-    templated = chat.run("The capital of France is", keep_history=1)
-    # the template wrapped the input: the prefill holds more than the 5 tokens of the text
-    assert templated.perf["prefill_tokens"] > 15
+    text = "The capital of France is"
+    templated = chat.run(text, keep_history=1)
+    # the GGUF's template wrapped the input: its system prompt and turn markers, token for token
+    rendered = PRESETS["smollm"].render([{"role": "user", "content": text}])
+    assert templated.perf["prefill_tokens"] == len(tokenizer.encode(rendered))
     raw = chat.lib.set_chat_template(chat.model.handle, b"", b"", b"")
     assert raw == 0
-    # raw text: the model continues the text instead of answering as an assistant
-    run = chat.run("The capital of France is")
-    assert run.code == 0 and "Paris" in run.text()
-    assert run.perf["prefill_tokens"] <= 6
+    # raw text: exactly the text's own tokens are prefilled, and the model continues them
+    run = chat.run(text)
+    assert run.code == 0 and run.text()
+    assert run.perf["prefill_tokens"] == len(tokenizer.encode(text)) == 5
 
 
 def test_token_and_embedding_inputs_reach_the_model(chat: Session) -> None:
