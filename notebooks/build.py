@@ -242,7 +242,10 @@ AGENTS = [
         "tools for both. Tool calls go through the runtime's function-calling support, and the "
         "KV cache carries the conversation from one agent step to the next, so each step "
         "prefills only the tool result. A 135M model (the host runtime's SmolLM2) rarely calls "
-        "tools well; on a board use a tool-capable model such as Qwen2.5-1.5B-Instruct."),
+        "tools well, and what it does differs from CPU to CPU; on a board use a tool-capable "
+        "model such as Qwen2.5-1.5B-Instruct. Both agents are given a step budget that ends the "
+        "run with an answer when it is spent, so a model that keeps calling tools cannot make "
+        "them fail."),
     new_code_cell(PICK),
     new_code_cell('''\
 from rkllm_core import RKLLM
@@ -259,13 +262,14 @@ def add(a: float, b: float) -> float:
     return a + b'''),
     new_code_cell('''\
 from langchain.agents import create_agent
+from langchain.agents.middleware import ModelCallLimitMiddleware
 
 from langchain_rkllm import ChatRKLLM
 
 agent = create_agent(ChatRKLLM(client=llm, max_tokens=96), tools=[get_weather, add],
-                     system_prompt="Use the tools to answer.")
-state = agent.invoke({"messages": [("user", "What is the weather in Paris?")]},
-                     {"recursion_limit": 8})
+                     system_prompt="Use the tools to answer.",
+                     middleware=[ModelCallLimitMiddleware(run_limit=3, exit_behavior="end")])
+state = agent.invoke({"messages": [("user", "What is the weather in Paris?")]})
 steps = []
 for message in state["messages"]:
     kind = type(message).__name__
@@ -283,7 +287,8 @@ from llama_index_rkllm import RKLLM as RKLLMIndexLLM
 function_agent = FunctionAgent(
     tools=[FunctionTool.from_defaults(get_weather), FunctionTool.from_defaults(add)],
     llm=RKLLMIndexLLM(client=llm, max_new_tokens=96),
-    system_prompt="Use the tools to answer.")
+    system_prompt="Use the tools to answer.",
+    early_stopping_method="generate")  # at max_iterations: one last call for an answer
 
 async def ask():
     return await function_agent.run("What is 2 plus 40?", max_iterations=6)
