@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rkllm_core.backend import Backend, is_backend
 from rkllm_core.errors import InvalidParameterError
-from rkllm_core.model import RKLLM as CoreRKLLM
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
 
 
@@ -37,12 +37,17 @@ class LoadedModel(BaseModel):
     max_context_len: int | None = Field(
         default=None, description="Context size in tokens; at most what the model was "
         "converted with.")
+    isolated: bool = Field(
+        default=False, description="Run the runtime in a child process (rkllm_core."
+        "IsolatedRKLLM): a crash in librkllmrt fails the calls in flight with "
+        "RuntimeCrashedError and the next call starts a new process, instead of ending yours.")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="More rkllm_core.ModelParams fields, applied at load "
         "time (n_keep, skip_special_token, ...).")
     client: Any = Field(
         default=None, exclude=True,
-        description="An already loaded rkllm_core.RKLLM to use instead of loading one.")
+        description="An already loaded rkllm_core.RKLLM (or IsolatedRKLLM) to use instead of "
+        "loading one.")
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -69,28 +74,32 @@ class LoadedModel(BaseModel):
 
             self.client = shared_model(self.model_path, library=self.library,
                                        runtime_version=self.runtime_version,
-                                       **self._load_params())
-        elif not isinstance(self.client, CoreRKLLM):
+                                       isolated=self.isolated, **self._load_params())
+        elif not is_backend(self.client):
             raise InvalidParameterError(
-                f"client must be an rkllm_core.RKLLM, got {type(self.client).__name__}")
+                f"client must be an rkllm_core.RKLLM or IsolatedRKLLM, got "
+                f"{type(self.client).__name__}")
         else:
+            from rkllm_core.isolated import IsolatedRKLLM
+
+            self.isolated = isinstance(self.client, IsolatedRKLLM)
             if self.model_path is None:
                 self.model_path = str(self.client.params.model_path)
-            if self.library is None:
-                # what an unpickled copy loads with
-                lib = self.client.lib
-                self.library = "host" if lib.is_host_runtime else str(lib.path)
+            info = self.client.runtime_info
+            if self.library is None:  # what an unpickled copy loads with
+                self.library = "host" if info.is_host_runtime else info.library_path
             if self.runtime_version is None:
-                self.runtime_version = self.client.lib.release
+                self.runtime_version = info.release
         self._on_connect()
 
     def _on_connect(self) -> None:
         """Subclasses build what they need over ``self.client`` here."""
 
     @property
-    def _core(self) -> CoreRKLLM:
-        assert isinstance(self.client, CoreRKLLM)
-        return self.client
+    def _core(self) -> Backend:
+        assert is_backend(self.client)
+        client: Backend = self.client
+        return client
 
     @property
     def _model_name(self) -> str:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rkllm_core.backend import Backend, is_backend
 from rkllm_core.errors import InvalidParameterError
-from rkllm_core.model import RKLLM as CoreRKLLM
 
 
 def resolve_client(owner: str, client: Any, model_path: str | None, library: str | None,
-                   runtime_version: str | None,
-                   params: dict[str, Any]) -> tuple[CoreRKLLM, str]:
+                   runtime_version: str | None, params: dict[str, Any],
+                   isolated: bool = False) -> tuple[Backend, str]:
     """(the loaded model, its file): ``client`` when given, else the process's shared model
-    for ``model_path`` and these settings."""
+    for ``model_path`` and these settings (in a child process with ``isolated``)."""
     if client is None:
         if not model_path:
             raise InvalidParameterError(f"{owner} needs model_path= (a .rkllm file) or client= "
@@ -21,11 +21,12 @@ def resolve_client(owner: str, client: Any, model_path: str | None, library: str
 
         params = {k: v for k, v in params.items() if v is not None}
         return shared_model(model_path, library=library, runtime_version=runtime_version,
-                            **params), model_path
-    if not isinstance(client, CoreRKLLM):
+                            isolated=isolated, **params), model_path
+    if not is_backend(client):
         raise InvalidParameterError(
-            f"client must be an rkllm_core.RKLLM, got {type(client).__name__}")
-    return client, model_path or str(client.params.model_path)
+            f"client must be an rkllm_core.RKLLM or IsolatedRKLLM, got {type(client).__name__}")
+    loaded: Backend = client
+    return loaded, model_path or str(loaded.params.model_path)
 
 
 class SharesLoadedModel:

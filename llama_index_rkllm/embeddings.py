@@ -43,6 +43,9 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     model_path: str | None = Field(default=None, description="The model file (.rkllm; "
                                    ".gguf or scripted on the host runtime).")
     library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
+    isolated: bool = Field(default=False, description="Run the runtime in a child process "
+                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
+                           "in flight and the next call starts a new process.")
     runtime_version: str | None = Field(
         default=None, description="The runtime release when detection should not decide.")
     max_context_len: int | None = Field(default=None, description="Context size in tokens.")
@@ -61,7 +64,7 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     def _load(self) -> RKLLMEmbedding:
         self.client, self.model_path = resolve_client(
             "RKLLMEmbedding", self.client, self.model_path, self.library, self.runtime_version,
-            {**self.model_kwargs, "max_context_len": self.max_context_len})
+            {**self.model_kwargs, "max_context_len": self.max_context_len}, isolated=self.isolated)
         if self.model_name == "unknown":
             self.model_name = Path(self.model_path or "rkllm").name
         return self

@@ -132,6 +132,9 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
     model_path: str | None = Field(default=None, description="The model file (.rkllm; "
                                    ".gguf or scripted on the host runtime).")
     library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
+    isolated: bool = Field(default=False, description="Run the runtime in a child process "
+                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
+                           "in flight and the next call starts a new process.")
     runtime_version: str | None = Field(
         default=None, description="The runtime release when detection should not decide.")
     max_context_len: int | None = Field(default=None, description="Context size in tokens.")
@@ -167,7 +170,7 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
     def _load(self) -> RKLLM:
         self.client, self.model_path = resolve_client(
             "RKLLM", self.client, self.model_path, self.library, self.runtime_version,
-            self._model_params())
+            self._model_params(), isolated=self.isolated)
         self._engine = ChatEngine(self.client, mode=self.chat_mode, preset=self.preset,
                                   tokenizer=self.tokenizer)
         return self

@@ -53,6 +53,9 @@ class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
 
     model_path: str | None = Field(default=None, description="The reranker model file.")
     library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
+    isolated: bool = Field(default=False, description="Run the runtime in a child process "
+                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
+                           "in flight and the next call starts a new process.")
     runtime_version: str | None = Field(
         default=None, description="The runtime release when detection should not decide.")
     max_context_len: int | None = Field(default=None, description="Context size in tokens.")
@@ -74,7 +77,7 @@ class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
     def _load(self) -> RKLLMRerank:
         self.client, self.model_path = resolve_client(
             "RKLLMRerank", self.client, self.model_path, self.library, self.runtime_version,
-            {**self.model_kwargs, "max_context_len": self.max_context_len})
+            {**self.model_kwargs, "max_context_len": self.max_context_len}, isolated=self.isolated)
         return self
 
     @classmethod

@@ -15,6 +15,8 @@ Example: see :class:`IsolatedRKLLM` (it kills the child mid-session and keeps an
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -32,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from rkllm_core.abi import Capabilities, get_family
 from rkllm_core.errors import (
     InvalidParameterError,
     ModelClosedError,
@@ -96,9 +99,14 @@ def _child_main(read_fd: int, write_fd: int) -> None:
     except BaseException as exc:
         send(("failed", _picklable(exc)))
         return
-    send(("ready", llm.runtime_info, os.getpid()))
+    send(("ready", llm.runtime_info, os.getpid(), llm.params))
     streams: dict[int, Any] = {}
     servers: list[threading.Thread] = []
+    # async calls (aembed, arerank) run on a loop of their own, so a "cancel" from the parent
+    # cancels them as a cancelled task would in one process: the runtime is aborted
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True, name="rkllm-child-loop").start()
+    async_calls: dict[int, concurrent.futures.Future[Any]] = {}
 
     def serve_stream(rid: int, stream: Any) -> None:
         try:
@@ -126,6 +134,25 @@ def _child_main(read_fd: int, write_fd: int) -> None:
             send(("value", rid, value))
         except BaseException as exc:
             send(("error", rid, _picklable(exc)))
+
+    def serve_async_call(rid: int, method: str, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> None:
+        try:
+            call = asyncio.run_coroutine_threadsafe(getattr(llm, method)(*args, **kwargs), loop)
+        except BaseException as exc:
+            send(("error", rid, _picklable(exc)))
+            return
+        async_calls[rid] = call
+
+        def done(future: concurrent.futures.Future[Any]) -> None:
+            async_calls.pop(rid, None)
+            if future.cancelled():
+                send(("error", rid, RKLLMError(f"{method} was cancelled")))
+            elif future.exception() is not None:
+                send(("error", rid, _picklable(future.exception())))  # type: ignore[arg-type]
+            else:
+                send(("value", rid, future.result()))
+        call.add_done_callback(done)
 
     try:
         while True:
@@ -157,7 +184,15 @@ def _child_main(read_fd: int, write_fd: int) -> None:
                 _, rid, method, args, kwargs = message
                 threading.Thread(target=serve_call, args=(rid, method, args, kwargs),
                                  daemon=True, name=f"rkllm-child-call-{rid}").start()
+            elif kind == "acall":
+                _, rid, method, args, kwargs = message
+                serve_async_call(rid, method, args, kwargs)
+            elif kind == "cancel":
+                pending = async_calls.get(message[1])
+                if pending is not None:
+                    pending.cancel()
     finally:
+        loop.call_soon_threadsafe(loop.stop)
         llm.close()  # aborts the run in flight and fails the queued ones
         for server in servers:  # so that each reports its end before the process exits
             server.join(timeout=5)
@@ -210,7 +245,7 @@ class _Child:
         if reply[0] == "failed":
             self._abandon()
             raise reply[1]
-        _, self.info, _pid = reply
+        _, self.info, _pid, self.params = reply
         self._reader = threading.Thread(target=self._read, name="rkllm-isolated-reader",
                                         daemon=True)
         self._reader.start()
@@ -514,6 +549,16 @@ class IsolatedRKLLM:
         ('still here', 'still here')
         >>> llm.embed(["a cat", "a dog"]).shape
         (2, 64)
+        >>> async def vectors_and_scores() -> tuple[tuple[int, ...], list[float]]:
+        ...     rows = await llm.aembed(["a cat"])
+        ...     scores = await llm.arerank("cats?", ["a cat"], yes_token_id=1, no_token_id=2)
+        ...     return rows.shape, scores
+        >>> shape, scores = asyncio.run(vectors_and_scores())
+        >>> shape, len(scores), len(llm.rerank("cats?", ["a cat", "a car"], yes_token_id=1,
+        ...                                     no_token_id=2))
+        ((1, 64), 1, 2)
+        >>> llm.params.max_context_len, llm.capabilities.function_tools
+        (512, True)
         >>> _ = llm.generate("Hi", keep_history=True)
         >>> llm.kv_cache_size > 0, llm.abort()            # nothing is running to abort
         (True, False)
@@ -622,6 +667,22 @@ class IsolatedRKLLM:
         """
         return self._current().info
 
+    @property
+    def params(self) -> Any:
+        """The :class:`~rkllm_core.ModelParams` the child loaded the model with.
+
+        Example: ``llm.params.max_context_len``.
+        """
+        return self._current().params
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the child's runtime release can do (see :class:`~rkllm_core.abi.Capabilities`).
+
+        Example: ``llm.capabilities.function_tools``.
+        """
+        return get_family(self.runtime_info.family).capabilities
+
     # -- requests ----------------------------------------------------------------------------
 
     def _start(self, kwargs: dict[str, Any]) -> tuple[_Child, int, Channel[tuple[Any, ...]]]:
@@ -662,6 +723,35 @@ class IsolatedRKLLM:
                 raise error from None
         finally:
             child.forget(rid)
+        return self._answer(child, message)
+
+    async def _acall(self, method: str, args: tuple[Any, ...] = (),
+                     kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """:meth:`_call` of an async method in the child, never blocking the event loop; a
+        cancelled caller cancels the call in the child, which aborts its runs there."""
+        child = self._current()
+        rid = next(self._ids)
+        channel = child.open(rid)
+        try:
+            child.send(("acall", rid, method, args, kwargs or {}))
+            limit = None if timeout is None else timeout + self.abort_grace + _MARGIN
+            try:
+                message = await channel.aget(limit)
+            except TimeoutError:
+                error = ModelWedgedError(
+                    f"{method} got no answer from the runtime process within {limit} s: it was "
+                    "killed, and the next call starts a new one")
+                self._discard(child, error)
+                raise error from None
+            except BaseException:
+                with contextlib.suppress(RKLLMError):
+                    child.send(("cancel", rid))
+                raise
+        finally:
+            child.forget(rid)
+        return self._answer(child, message)
+
+    def _answer(self, child: _Child, message: Any) -> Any:
         if message is Channel.END:
             raise RuntimeCrashedError("the runtime process ended before answering")
         if message[0] == "value":
@@ -735,6 +825,31 @@ class IsolatedRKLLM:
         Example: ``llm.embed(["a cat", "a dog"]).shape``.
         """
         return self._call("embed", (texts,), dict(kwargs, timeout=timeout), timeout)
+
+    async def aembed(self, texts: str | Sequence[str], *, timeout: float | None = None,
+                     **kwargs: Any) -> Any:
+        """Async :meth:`embed`; cancelling it aborts the batch in the child.
+
+        Example: ``(await llm.aembed(["a cat"])).shape``.
+        """
+        return await self._acall("aembed", (texts,), dict(kwargs, timeout=timeout), timeout)
+
+    def rerank(self, query: str, documents: Sequence[str], *, timeout: float | None = None,
+               **kwargs: Any) -> Any:
+        """Like :meth:`RKLLM.rerank <rkllm_core.RKLLM.rerank>`: one score per document.
+
+        Example: ``llm.rerank("cats?", ["a cat", "a car"], yes_token_id=1, no_token_id=2)``.
+        """
+        return self._call("rerank", (query, documents), dict(kwargs, timeout=timeout), timeout)
+
+    async def arerank(self, query: str, documents: Sequence[str], *,
+                      timeout: float | None = None, **kwargs: Any) -> Any:
+        """Async :meth:`rerank`; cancelling it aborts the runs in the child.
+
+        Example: ``await llm.arerank("cats?", ["a cat"], yes_token_id=1, no_token_id=2)``.
+        """
+        return await self._acall("arerank", (query, documents), dict(kwargs, timeout=timeout),
+                                 timeout)
 
     def clear_kv_cache(self, keep_system_prompt: bool = False,
                        ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None) -> None:

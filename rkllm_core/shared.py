@@ -25,9 +25,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from rkllm_core.model import RKLLM
+from rkllm_core.backend import Backend
 
-_models: weakref.WeakValueDictionary[str, RKLLM] = weakref.WeakValueDictionary()
+_models: weakref.WeakValueDictionary[str, Backend] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 
 
@@ -39,18 +39,34 @@ def _key(model_path: str | os.PathLike[str], library: Any, runtime_version: str 
 
 
 def shared_model(model_path: str | os.PathLike[str], *, library: Any = None,
-                 runtime_version: str | None = None, **params: Any) -> RKLLM:
-    """The process's :class:`~rkllm_core.RKLLM` for this file and these settings.
+                 runtime_version: str | None = None, isolated: bool = False,
+                 **params: Any) -> Backend:
+    """The process's :class:`~rkllm_core.RKLLM` for this file and these settings, or with
+    ``isolated=True`` its :class:`~rkllm_core.IsolatedRKLLM` (the runtime in a child process:
+    a crash in it fails the calls in flight and the next call starts a new one).
 
     ``params`` are :class:`~rkllm_core.ModelParams` fields (``max_context_len``, ``top_k``...)
     and ``extend`` (an :class:`~rkllm_core.ExtendParams`).
     """
     clean = {k: v for k, v in params.items() if v is not None}
     key = _key(model_path, library, runtime_version,
-               {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in clean.items()})
+               {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in clean.items()}
+               | {"isolated": bool(isolated)})
     with _lock:
         model = _models.get(key)
         if model is None or model.closed:
-            model = RKLLM(model_path, library=library, runtime_version=runtime_version, **clean)
+            model = _load(model_path, library, runtime_version, bool(isolated), clean)
             _models[key] = model
         return model
+
+
+def _load(model_path: str | os.PathLike[str], library: Any, runtime_version: str | None,
+          isolated: bool, params: dict[str, Any]) -> Backend:
+    if isolated:
+        from rkllm_core.isolated import IsolatedRKLLM
+
+        return IsolatedRKLLM(model_path, library=library, runtime_version=runtime_version,
+                             **params)
+    from rkllm_core.model import RKLLM
+
+    return RKLLM(model_path, library=library, runtime_version=runtime_version, **params)

@@ -27,3 +27,14 @@ def abi_facts() -> dict[str, Any]:
 def host_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache directory for every host runtime the session builds."""
     return tmp_path_factory.mktemp("host-runtime")
+
+
+#: Where a model runs: rkllm_core.RKLLM in the test process, or IsolatedRKLLM in a child.
+BACKENDS = ["in_process", "isolated"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs once per backend (the chat layer and the adapters must
+    behave the same on both)."""
+    return str(request.param)

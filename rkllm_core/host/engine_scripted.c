@@ -256,6 +256,7 @@ static int apply_setting(host_engine *e, host_model_config *cfg, const char *key
     else if (!strcmp(key, "error_after_tokens")) cfg->error_after_tokens = atoi(v);
     else if (!strcmp(key, "hang_after_tokens")) cfg->hang_after_tokens = atoi(v);
     else if (!strcmp(key, "crash_after_tokens")) cfg->crash_after_tokens = atoi(v);
+    else if (!strcmp(key, "crash_on")) set_str(&cfg->crash_on, v);
     else if (!strcmp(key, "slow_token")) {
         cfg->slow_token_index = atoi(v);
         cfg->slow_token_ms = v2 ? atoi(v2) : 1000;

@@ -59,6 +59,7 @@ typedef struct {
     int slow_token_ms;
     int hang_after_tokens;     /* stop calling back after N tokens until aborted (-1 off) */
     int crash_after_tokens;    /* SIGSEGV once the callback of token N returns (-1 off) */
+    char *crash_on;            /* ... only in runs whose input contains this (NULL: every run) */
     int needs_tokenizer_callback; /* 1.3.0 models exported without a tokenizer */
     char *platform;
     char *toolkit_version;

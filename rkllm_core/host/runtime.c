@@ -254,6 +254,7 @@ static void config_free(host_model_config *cfg) {
     free(cfg->platform);
     free(cfg->toolkit_version);
     free(cfg->dtype);
+    free(cfg->crash_on);
 }
 
 static const host_engine_ops *engine_for(const char *path, char *err, size_t errlen) {
@@ -996,7 +997,8 @@ static int do_run(host_ctx *c, host_job *job) {
             paused = 1;
             break;
         }
-        if (c->cfg.crash_after_tokens >= 0 && step >= c->cfg.crash_after_tokens) {
+        if (c->cfg.crash_after_tokens >= 0 && step >= c->cfg.crash_after_tokens &&
+            (!c->cfg.crash_on || strcasestr(li[0].input_text, c->cfg.crash_on))) {
             /* a fault inside the runtime, as librkllmrt's on a board: right after a callback */
             host_log('E', "model file crash_after_tokens: raising SIGSEGV");
             raise(SIGSEGV);

@@ -62,8 +62,9 @@ class AsyncTokens(AsyncCallbackHandler):
 
 
 @pytest.fixture
-def llm(assistant_file: Path) -> ChatRKLLM:
-    return ChatRKLLM(model_path=str(assistant_file), library="host", max_context_len=2048)
+def llm(assistant_file: Path, backend: str) -> ChatRKLLM:
+    return ChatRKLLM(model_path=str(assistant_file), library="host", max_context_len=2048,
+                     isolated=backend == "isolated")
 
 
 def _join(chunks: list[AIMessageChunk]) -> AIMessageChunk:

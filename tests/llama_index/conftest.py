@@ -53,9 +53,9 @@ def model_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def llm(model_file: Path) -> RKLLM:
+def llm(model_file: Path, backend: str) -> RKLLM:
     return RKLLM(model_path=str(model_file), library="host", max_context_len=4096,
-                 max_tokens=256)
+                 max_tokens=256, isolated=backend == "isolated")
 
 
 @pytest.fixture
