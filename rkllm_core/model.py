@@ -26,21 +26,19 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
-from rkllm_core.abi import Capabilities, first_release_with
+from rkllm_core.abi import Capabilities
 from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
 from rkllm_core.backend import (
     ClearKVCache,
@@ -64,11 +62,50 @@ from rkllm_core.library import RuntimeLibrary, load_library
 from rkllm_core.native import NativeModel
 from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
 from rkllm_core.rerank_tokens import arerank_token_ids, rerank_token_ids
+from rkllm_core.results import (
+    FinishReason,
+    GenerationResult,
+    ImageInput,
+    PerfStats,
+    RuntimeInfo,
+    StreamChunk,
+    parse_init_log,
+)
 from rkllm_core.streaming import Channel, StopMatcher, Utf8Decoder
+from rkllm_core.validation import (
+    _c_text,
+    _is_number,
+    _readable_file,
+    check_return_code,
+    check_run_arguments,
+    check_text,
+    check_timeout,
+    require_capability,
+    unsupported,
+)
+
+# the names other modules have long imported from here, wherever they now live
+__all__ = [
+    "ABORT_GRACE",
+    "RERANK_INSTRUCTION",
+    "RERANK_SYSTEM",
+    "RKLLM",
+    "AsyncTextStream",
+    "FinishReason",
+    "GenerationResult",
+    "ImageInput",
+    "PerfStats",
+    "RuntimeInfo",
+    "StreamChunk",
+    "TextStream",
+    "Tokenizer",
+    "check_text",
+    "check_timeout",
+    "parse_init_log",
+]
 
 logger = logging.getLogger("rkllm_core")
 
-FinishReason = Literal["stop", "length", "abort", "error"]
 Tokenizer = Callable[[str], Sequence[int]]
 _T = TypeVar("_T")
 
@@ -93,234 +130,6 @@ ABORT_GRACE = 10.0
 #: True while generate_batch builds its lanes (single-input runs are refused on batched models)
 _batch_lane: contextvars.ContextVar[bool] = contextvars.ContextVar("rkllm_batch_lane",
                                                                    default=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class PerfStats:
-    """Timings of one run.
-
-    From runtime 1.2.1 the numbers are the runtime's own (``RKLLMPerfStat``); before that the
-    times are measured around the callbacks and ``prefill_tokens`` / ``peak_memory_mb`` are
-    ``None``.
-
-    Example:
-        >>> from rkllm_core.model import PerfStats
-        >>> PerfStats(10, 5.0, 20, 1000.0, 20.0, 512.0).tokens_per_second
-        20.0
-    """
-
-    prefill_tokens: int | None
-    prefill_ms: float
-    decode_tokens: int
-    decode_ms: float
-    tokens_per_second: float
-    peak_memory_mb: float | None
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """One streamed piece: the text it adds (may be ``""`` while a character is incomplete or
-    a stop string is being checked) and the token that produced it (``None`` for the tail
-    released at the end).
-
-    Example:
-        >>> from rkllm_core.model import StreamChunk
-        >>> StreamChunk("Hi", 1234).text
-        'Hi'
-    """
-
-    text: str
-    token_id: int | None
-
-
-@dataclass
-class GenerationResult:
-    """What a finished run produced.
-
-    ``finish_reason`` is ``"stop"`` (end of reply or a stop string), ``"length"``
-    (``max_new_tokens`` reached), ``"abort"`` (aborted, or the consumer went away) or
-    ``"error"``.
-
-    Example:
-        >>> from rkllm_core.model import GenerationResult, PerfStats
-        >>> r = GenerationResult("Hi", [1], "stop", PerfStats(None, 0.0, 1, 0.0, 0.0, None))
-        >>> r.text, r.finish_reason
-        ('Hi', 'stop')
-    """
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    perf: PerfStats
-    #: the KV-cache size the run started from, when ``setup`` asked (:mod:`rkllm_core.backend`)
-    kv_cache_size_before: int | None = None
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """Image embeddings for a multimodal prompt (one ``<image>`` tag in the prompt per image).
-
-    ``embed`` is float32 from the model's vision encoder: ``(n_images, n_image_tokens, dim)``,
-    or 2-D ``(n_images * n_image_tokens, dim)`` with ``n_images`` saying how many images it
-    holds (default 1). ``width``/``height`` are the encoder's input size (for mrope models).
-    ``start``/``end``/``content`` are the model's image tags on runtime 1.3.0 (older runtimes
-    take them as ModelParams.img_*).
-
-    Example:
-        >>> import numpy as np
-        >>> from rkllm_core.model import ImageInput
-        >>> ImageInput(np.zeros((2, 16, 32), dtype=np.float32)).n_image_tokens
-        16
-        >>> ImageInput(np.zeros((32, 8), dtype=np.float32), n_images=2).n_image_tokens
-        16
-    """
-
-    embed: np.ndarray
-    width: int = 0
-    height: int = 0
-    start: str | None = None
-    end: str | None = None
-    content: str | None = None
-    n_images: int = 0
-    n_image_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        embed = np.asarray(self.embed)
-        if embed.dtype.kind not in "fiu":
-            raise InvalidParameterError(
-                f"image embed must hold real numbers (float32), got dtype {embed.dtype}")
-        object.__setattr__(self, "embed", embed)
-        shape = self.embed.shape
-        if len(shape) == 3:
-            n_images, n_tokens = int(shape[0]), int(shape[1])
-        elif len(shape) == 2:
-            n_images = self.n_images or 1
-            n_tokens = self.n_image_tokens or int(shape[0]) // n_images
-        else:
-            raise InvalidParameterError(
-                "image embed must be float32 (n_images, n_image_tokens, dim) or "
-                "(n_images * n_image_tokens, dim)")
-        if n_images <= 0 or n_tokens <= 0 or n_images * n_tokens * int(shape[-1]) \
-                != int(self.embed.size) or (self.n_images and self.n_images != n_images):
-            raise InvalidParameterError(
-                f"image embed of shape {shape} does not hold n_images={self.n_images or n_images} "
-                f"x n_image_tokens={self.n_image_tokens or n_tokens} rows")
-        object.__setattr__(self, "n_images", n_images)
-        object.__setattr__(self, "n_image_tokens", n_tokens)
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    """What is known about the loaded runtime and model.
-
-    ``platform`` (the SoC the runtime found; ``HOST`` for the host runtime), ``driver_version``
-    (the NPU driver), ``model_platform`` (the SoC the model was converted for),
-    ``toolkit_version`` and ``max_context_limit`` are parsed from the runtime's init log
-    (``None`` when it did not print them).
-
-    Example:
-        >>> from rkllm_core.model import parse_init_log
-        >>> parse_init_log("I rkllm: rkllm-runtime version: 1.2.1, rknpu driver version: 0.9.8, "
-        ...                "platform: RK3588")["driver_version"]
-        '0.9.8'
-    """
-
-    library_path: str
-    family: str
-    release: str
-    detection_method: str
-    is_host_runtime: bool
-    platform: str | None
-    driver_version: str | None
-    model_platform: str | None
-    toolkit_version: str | None
-    max_context_limit: int | None
-
-
-def parse_init_log(log: str) -> dict[str, Any]:
-    """Platform, NPU driver, toolkit release and context limit from ``rkllm_init``'s log."""
-
-    def find(pattern: str) -> str | None:
-        match = re.search(pattern, log)
-        return match.group(1).strip() if match else None
-
-    limit = find(r"max_context_limit:\s*(\d+)")
-    return {
-        "platform": find(r"\bplatform:\s*([^,\s]+)"),  # not target_platform: no \b after _
-        "model_platform": find(r"target_platform:\s*([^,\s]+)"),
-        "driver_version": find(r"rknpu driver version:\s*([^,]+?)(?:,|$)"),
-        "toolkit_version": find(r"rkllm-toolkit version:\s*([^,\s]+)"),
-        "max_context_limit": int(limit) if limit else None,
-    }
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def check_text(text: Any, name: str) -> None:
-    """Refuse text the runtime cannot take: not a str, empty, NUL bytes, lone surrogates.
-
-    C strings end at the first NUL, so a NUL would silently cut the text; a lone surrogate
-    (from a bad decode upstream) cannot be encoded as UTF-8.
-
-    Example:
-        >>> from rkllm_core.model import check_text
-        >>> check_text("Hello", "prompt")
-        >>> check_text("a\\x00b", "prompt")
-        Traceback (most recent call last):
-        ...
-        rkllm_core.errors.InvalidParameterError: prompt contains a NUL character at index 1; ...
-    """
-    if not isinstance(text, str):
-        raise InvalidParameterError(f"{name} must be a str, got {type(text).__name__}")
-    if not text:
-        raise InvalidParameterError(f"{name} is empty: give the text to send")
-    nul = text.find("\x00")
-    if nul >= 0:
-        raise InvalidParameterError(
-            f"{name} contains a NUL character at index {nul}; the runtime takes C strings, which "
-            "end there: remove it (e.g. text.replace('\\x00', ''))")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidParameterError(
-            f"{name} contains a lone surrogate {text[exc.start]!r} at index {exc.start}, which "
-            "is not valid Unicode (a bad decode upstream): decode the source with "
-            "errors='replace', or text.encode('utf-8', 'replace').decode()") from None
-
-
-def _c_text(text: Any, name: str) -> bytes:
-    """``text`` as UTF-8 for a C string parameter that may be empty."""
-    if isinstance(text, str) and not text:
-        return b""
-    check_text(text, name)
-    return str(text).encode()
-
-
-def check_timeout(timeout: Any) -> None:
-    """``None`` or a positive number of seconds."""
-    if timeout is not None and (not _is_number(timeout) or not 0 < timeout < math.inf):
-        raise InvalidParameterError(
-            f"timeout must be None or a positive number of seconds, got {timeout!r}")
-
-
-def _readable_file(path: Any, what: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidParameterError(f"{what} must be a path, got {type(path).__name__}")
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise InvalidParameterError(f"{what} {file} does not exist: check the path")
-    if not file.is_file():
-        raise InvalidParameterError(f"{what} {file} is not a file")
-    if not os.access(file, os.R_OK):
-        raise InvalidParameterError(
-            f"{what} {file} cannot be read (permissions): chmod it or run as its owner")
-    return file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1213,15 +1022,6 @@ class RKLLM:
 
     # -- building a run ---------------------------------------------------------------------
 
-    def _require(self, capability: str, what: str) -> None:
-        if not getattr(self.capabilities, capability):
-            raise self._unsupported(what, capability)
-
-    def _unsupported(self, what: str, capability: str) -> UnsupportedFeatureError:
-        return UnsupportedFeatureError(
-            f"{what} needs runtime {first_release_with(capability)} or newer; this library is "
-            f"runtime {self.lib.release}")
-
     def _build(
         self,
         kind: Literal["generate", "hidden", "logits"],
@@ -1247,53 +1047,19 @@ class RKLLM:
             raise UnsupportedFeatureError(
                 f"this model was loaded with n_batch={self.n_batch}: every run takes "
                 f"{self.n_batch} inputs; use generate_batch([...])")
-        given = [x is not None for x in (prompt, tokens, embeddings)]
-        if sum(given) != 1:
-            raise InvalidParameterError(
-                "give exactly one input: prompt (text), tokens (ids) or embeddings (array)")
-        if prompt is not None:
-            check_text(prompt, "prompt")
-        if role not in ("user", "tool"):
-            raise InvalidParameterError(f"role must be 'user' or 'tool', got {role!r}")
-        for name, flag in (("enable_thinking", enable_thinking), ("keep_history", keep_history)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise InvalidParameterError(
-                    f"{name} must be True or False, got {type(flag).__name__} {flag!r}")
-        if max_new_tokens is not None and (isinstance(max_new_tokens, bool)
-                                           or not isinstance(max_new_tokens, (int, np.integer))):
-            raise InvalidParameterError(
-                f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} "
-                f"{max_new_tokens!r}")
-        if sampling is not None and not isinstance(sampling, SamplingParams):
-            raise InvalidParameterError(
-                f"sampling must be a SamplingParams (e.g. SamplingParams(top_k=1)), got "
-                f"{type(sampling).__name__}")
-        if image is not None and not isinstance(image, ImageInput):
-            raise InvalidParameterError(
-                f"image must be an ImageInput(embed, ...), got {type(image).__name__}")
-        if lora is not None:
-            check_text(lora, "lora (the adapter name given to load_lora)")
-        if save_prompt_cache is not None:
-            folder = Path(save_prompt_cache).expanduser().resolve().parent
-            if not folder.is_dir():
-                raise InvalidParameterError(
-                    f"save_prompt_cache: the folder {folder} does not exist: create it first or "
-                    "choose a path in an existing folder")
-        stops = [stop] if isinstance(stop, str) else list(stop or ())
-        for item in stops:
-            if not isinstance(item, str):
-                raise InvalidParameterError(
-                    f"stop must be a string or a list of strings, got an item {item!r}")
-        if image is not None and prompt is None:
-            raise InvalidParameterError("image needs a prompt with an <image> tag per image")
+        stops = check_run_arguments(
+            prompt=prompt, role=role, enable_thinking=enable_thinking, tokens=tokens,
+            embeddings=embeddings, image=image, keep_history=keep_history,
+            max_new_tokens=max_new_tokens, sampling=sampling, lora=lora,
+            save_prompt_cache=save_prompt_cache, stop=stop)
         if not can.role_and_thinking and role != "user":
-            raise self._unsupported(f"role={role!r}", "role_and_thinking")
+            raise unsupported(self.lib, f"role={role!r}", "role_and_thinking")
         if not can.role_and_thinking and enable_thinking:
-            raise self._unsupported("enable_thinking", "role_and_thinking")
+            raise unsupported(self.lib, "enable_thinking", "role_and_thinking")
         if not can.keep_history and keep_history:
-            raise self._unsupported("keep_history", "keep_history")
+            raise unsupported(self.lib, "keep_history", "keep_history")
         if kind == "logits" and not can.logits:
-            raise self._unsupported("logits", "logits")
+            raise unsupported(self.lib, "logits", "logits")
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise InvalidParameterError(f"max_new_tokens must be > 0, got {max_new_tokens}")
         if sampling is not None and not can.per_run_sampling:
@@ -1408,7 +1174,7 @@ class RKLLM:
         tags = prompt.count("<image>")
         if not can.several_images:
             if n_images != 1:
-                raise self._unsupported("several images in one prompt", "several_images")
+                raise unsupported(self.lib, "several images in one prompt", "several_images")
         elif tags != n_images:
             raise InvalidParameterError(
                 f"the prompt has {tags} <image> tag(s) but {n_images} image(s) were given; "
@@ -1542,7 +1308,7 @@ class RKLLM:
         finally:
             _batch_lane.reset(token)
         if lanes[0].enforce_max_tokens:
-            raise self._unsupported("max_new_tokens per batch run", "per_run_sampling")
+            raise unsupported(self.lib, "max_new_tokens per batch run", "per_run_sampling")
         inputs = (self.lib.family.struct("RKLLMInput") * self.n_batch)(*[x.input for x in lanes])
         run = _Run(kind="generate", input=inputs, infer=lanes[0].infer, keepalive=[inputs],
                    max_new_tokens=lanes[0].max_new_tokens, enforce_max_tokens=False,
@@ -1951,14 +1717,14 @@ class RKLLM:
         native handle; it returns the KV-cache size for :class:`ReadKVCacheSize`."""
         lib = self.lib
         if isinstance(op, ClearKVCache):
-            self._require("kv_cache_clear", "clearing the KV cache")
+            require_capability(self.lib, "kv_cache_clear", "clearing the KV cache")
             keep = bool(op.keep_system_prompt)
             if op.start is None and op.end is None:
                 def clear(handle: Any) -> None:
-                    self._check(lib.clear_kv_cache(handle, keep), "rkllm_clear_kv_cache",
-                                "see the runtime's log on stderr")
+                    check_return_code(lib.clear_kv_cache(handle, keep), "rkllm_clear_kv_cache",
+                                      "see the runtime's log on stderr")
                 return clear
-            self._require("kv_cache_ranges", "clearing a range of the KV cache")
+            require_capability(self.lib, "kv_cache_ranges", "clearing a range of the KV cache")
             first, last = op.start, op.end
             if not (isinstance(first, int) and isinstance(last, int)) or isinstance(
                     first, bool) or isinstance(last, bool) or not 0 <= first < last:
@@ -1968,18 +1734,19 @@ class RKLLM:
             start, end = (ctypes.c_int * 1)(first), (ctypes.c_int * 1)(last)
 
             def clear_range(handle: Any) -> None:
-                self._check(lib.clear_kv_cache(handle, keep, start, end), "rkllm_clear_kv_cache",
-                            "a range must lie inside the cache (see kv_cache_size)")
+                check_return_code(lib.clear_kv_cache(handle, keep, start, end),
+                                  "rkllm_clear_kv_cache",
+                                  "a range must lie inside the cache (see kv_cache_size)")
             return clear_range
         if isinstance(op, ReadKVCacheSize):
-            self._require("kv_cache_size", "reading the KV-cache size")
+            require_capability(self.lib, "kv_cache_size", "reading the KV-cache size")
             limit = int(self.params.max_context_len)
             expected = op.expected
 
             def read(handle: Any) -> int:
                 sizes = (ctypes.c_int * 1)()
-                self._check(lib.get_kv_cache_size(handle, sizes), "rkllm_get_kv_cache_size",
-                            "the runtime could not report it")
+                check_return_code(lib.get_kv_cache_size(handle, sizes), "rkllm_get_kv_cache_size",
+                                  "the runtime could not report it")
                 if expected is not None and not kv_cache_holds(sizes[0], expected, limit):
                     raise StaleKVCacheError(
                         f"the KV cache holds {sizes[0]} positions where {expected} were "
@@ -1987,25 +1754,25 @@ class RKLLM:
                 return int(sizes[0])
             return read
         if isinstance(op, SetChatTemplate):
-            self._require("chat_template", "set_chat_template()")
+            require_capability(self.lib, "chat_template", "set_chat_template()")
             args = (_c_text(op.system, "system"), _c_text(op.prefix, "prefix"),
                     _c_text(op.postfix, "postfix"))
 
             def template(handle: Any) -> None:
-                self._check(lib.set_chat_template(handle, *args), "rkllm_set_chat_template",
-                            "see the runtime's log on stderr")
+                check_return_code(lib.set_chat_template(handle, *args), "rkllm_set_chat_template",
+                                  "see the runtime's log on stderr")
             return template
         if isinstance(op, SetFunctionTools):
-            self._require("function_tools", "set_function_tools()")
+            require_capability(self.lib, "function_tools", "set_function_tools()")
             tool_args = (_c_text(op.system, "system"), _c_text(op.tools_json, "tools"),
                          _c_text(op.tool_response, "tool_response_str"))
 
             def tools(handle: Any) -> None:
-                self._check(lib.set_function_tools(handle, *tool_args),
-                            "rkllm_set_function_tools",
-                            "the model needs its own chat template (the runtime logs "
-                            "'chat_template is empty' otherwise), and set_chat_template() must "
-                            "not have been called")
+                check_return_code(lib.set_function_tools(handle, *tool_args),
+                                  "rkllm_set_function_tools",
+                                  "the model needs its own chat template (the runtime logs "
+                                  "'chat_template is empty' otherwise), and "
+                                  "set_chat_template() must not have been called")
             return tools
         raise InvalidParameterError(
             f"a setup step is one of rkllm_core.backend's ClearKVCache, ReadKVCacheSize, "
@@ -2133,7 +1900,7 @@ class RKLLM:
     def _rerank_id_sources(self, documents: Sequence[str], yes_token_id: int | None,
                            no_token_id: int | None, tokenizer: Any) -> dict[str, Any]:
         """Checks what rerank can check at once, then where the yes/no ids come from."""
-        self._require("logits", "rerank() (it reads logits)")
+        require_capability(self.lib, "logits", "rerank() (it reads logits)")
         if isinstance(documents, str) or not isinstance(documents, Sequence):
             raise InvalidParameterError("documents must be a list of strings")
         return {"model_path": self.params.model_path, "yes_token_id": yes_token_id,
@@ -2162,10 +1929,6 @@ class RKLLM:
 
     # -- LoRA, prompt cache, KV cache, templates, tools, cross attention ---------------------
 
-    def _check(self, code: int, what: str, hint: str) -> None:
-        if code != 0:
-            raise RKLLMError(f"{what} failed (returned {code}): {hint}")
-
     def load_lora(self, path: str | os.PathLike[str], name: str, scale: float = 1.0) -> None:
         """Load a LoRA adapter; select it per run with ``generate(..., lora=name)``.
 
@@ -2189,8 +1952,9 @@ class RKLLM:
             os.fsencode(path), name.encode(), scale)
         code = self._live.call(lambda h: self.lib.load_lora(h, ctypes.byref(adapter)),
                                "load_lora()")
-        self._check(code, f"rkllm_load_lora({path})",
-                    "the adapter must be a LoRA exported for this model (.rkllm or GGUF LoRA)")
+        check_return_code(
+            code, f"rkllm_load_lora({path})",
+            "the adapter must be a LoRA exported for this model (.rkllm or GGUF LoRA)")
 
     def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
         """Load a prompt cache saved by ``generate(..., save_prompt_cache=path)``.
@@ -2210,8 +1974,8 @@ class RKLLM:
         raw = os.fsencode(path)
         code = self._live.call(lambda h: self.lib.load_prompt_cache(h, raw),
                                "load_prompt_cache()")
-        self._check(code, f"rkllm_load_prompt_cache({path})",
-                    "the file must be a prompt cache saved by this model and runtime")
+        check_return_code(code, f"rkllm_load_prompt_cache({path})",
+                          "the file must be a prompt cache saved by this model and runtime")
 
     def release_prompt_cache(self) -> None:
         """Drop the loaded prompt cache (do this before loading another one).
@@ -2219,7 +1983,7 @@ class RKLLM:
         Example: see :meth:`load_prompt_cache`.
         """
         code = self._live.call(self.lib.release_prompt_cache, "release_prompt_cache()")
-        self._check(code, "rkllm_release_prompt_cache", "no prompt cache was loaded")
+        check_return_code(code, "rkllm_release_prompt_cache", "no prompt cache was loaded")
 
     def clear_kv_cache(self, keep_system_prompt: bool = False,
                        ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None) -> None:
@@ -2328,7 +2092,7 @@ class RKLLM:
             ...     kv = np.zeros((1, 2, 1, 4), dtype=np.float32)
             ...     llm.set_cross_attn_params(kv, kv, np.ones(2, np.float32), np.arange(2))
         """
-        self._require("cross_attention", "set_cross_attn_params()")
+        require_capability(self.lib, "cross_attention", "set_cross_attn_params()")
         k = np.ascontiguousarray(encoder_k_cache, dtype=np.float32)
         v = np.ascontiguousarray(encoder_v_cache, dtype=np.float32)
         mask = np.ascontiguousarray(encoder_mask, dtype=np.float32)
@@ -2344,8 +2108,8 @@ class RKLLM:
             pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n)
         code = self._live.call(lambda h: self.lib.set_cross_attn_params(h, ctypes.byref(params)),
                                "set_cross_attn_params()")
-        self._check(code, "rkllm_set_cross_attn_params",
-                    "the model must be loaded with ExtendParams(use_cross_attn=True)")
+        check_return_code(code, "rkllm_set_cross_attn_params",
+                          "the model must be loaded with ExtendParams(use_cross_attn=True)")
         self._cross_attn_keep = [k, v, mask, pos, params]  # the runtime may keep the pointers
 
 
