@@ -111,15 +111,15 @@ def stamp_tokens(llm: Any, stamps: list[int]) -> None:
     the ctypes trampoline; it reads private attributes because no public hook runs inside the
     runtime's callback for streamed runs.
     """
-    engine = llm._engine
-    handle_result = engine._on_result
+    worker = llm._worker
+    handle_result = worker._on_result
 
     def probe(run: Any, result: Any, state: int) -> int:
         if state in (0, 1):
             stamps.append(time.perf_counter_ns())
         return int(handle_result(run, result, state))
 
-    engine._on_result = probe
+    worker._on_result = probe
 
 
 class RawSession:

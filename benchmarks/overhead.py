@@ -65,8 +65,8 @@ def _handler_cost(llm: Any, n_tokens: int, rounds: int) -> list[float]:
     """µs per token RKLLM spends in its own result handler (on the runtime's thread, holding
     the GIL), timed by a wrapper around it: the part of RKLLM.stream's cost that is not the
     hand-over to the consumer. Measured in separate runs, since the wrapper costs time too."""
-    engine = llm._engine
-    handle_result = engine._on_result
+    worker = llm._worker
+    handle_result = worker._on_result
     spent = [0]
 
     def timed(run: Any, result: Any, state: int) -> int:
@@ -76,7 +76,7 @@ def _handler_cost(llm: Any, n_tokens: int, rounds: int) -> list[float]:
         finally:
             spent[0] += time.perf_counter_ns() - start
 
-    engine._on_result = timed
+    worker._on_result = timed
     values = []
     try:
         for _ in range(rounds):
@@ -85,7 +85,7 @@ def _handler_cost(llm: Any, n_tokens: int, rounds: int) -> list[float]:
                 pass
             values.append(spent[0] / 1000.0 / n_tokens)
     finally:
-        del engine._on_result  # back to the class's method
+        del worker._on_result  # back to the class's method
     return values
 
 

@@ -1,11 +1,11 @@
-"""``RKLLM``: one loaded model, its worker thread and its run queue.
+"""``RKLLM``: one loaded model, the class most users touch.
 
-Every native call that touches the model (runs and settings alike) executes on one worker
-thread the object owns, in FIFO order, so threads and asyncio tasks can share a model. Runs
-use the synchronous ``rkllm_run`` (``rkllm_run_async`` hangs on runtime 1.2.1, rknn-llm #320);
-results flow from the callback through a :class:`~rkllm_core.streaming.Channel` to whoever
-consumes them. ``rkllm_abort`` is the only call made from other threads, and never from inside
-the runtime's callback (an abort decided there is sent from a short-lived helper thread).
+An RKLLM owns a :class:`~rkllm_core.worker.RunWorker`: every native call that touches the model
+(runs and settings alike) executes on that one worker thread, in FIFO order, so threads and
+asyncio tasks can share a model. Results flow from the runtime's callback to a
+:class:`~rkllm_core.streams.TextStream` or :class:`~rkllm_core.streams.AsyncTextStream`.
+Run results live in :mod:`rkllm_core.results`, argument checks in :mod:`rkllm_core.validation`;
+this module re-exports the names long imported from it.
 
 Example:
     >>> import tempfile, pathlib
@@ -26,20 +26,15 @@ import json
 import logging
 import math
 import os
-import threading
-import time
 import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
 from rkllm_core.abi import Capabilities
-from rkllm_core.abi.enums import LLMCallState, RKLLMInferMode, RKLLMInputType
+from rkllm_core.abi.enums import RKLLMInferMode, RKLLMInputType
 from rkllm_core.backend import (
     ClearKVCache,
     ReadKVCacheSize,
@@ -51,15 +46,12 @@ from rkllm_core.backend import (
 from rkllm_core.errors import (
     InvalidParameterError,
     ModelClosedError,
-    ModelWedgedError,
     RKLLMError,
     RunError,
-    RunTimeoutError,
     StaleKVCacheError,
     UnsupportedFeatureError,
 )
 from rkllm_core.library import RuntimeLibrary, load_library
-from rkllm_core.native import NativeModel
 from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
 from rkllm_core.rerank_tokens import arerank_token_ids, rerank_token_ids
 from rkllm_core.results import (
@@ -71,7 +63,8 @@ from rkllm_core.results import (
     StreamChunk,
     parse_init_log,
 )
-from rkllm_core.streaming import Channel, StopMatcher, Utf8Decoder
+from rkllm_core.streaming import Channel, StopMatcher
+from rkllm_core.streams import AsyncTextStream, TextStream, aconsume, consume
 from rkllm_core.validation import (
     _c_text,
     _is_number,
@@ -83,6 +76,7 @@ from rkllm_core.validation import (
     require_capability,
     unsupported,
 )
+from rkllm_core.worker import ABORT_GRACE, RunWorker, _Done, _Failure, _Run
 
 # the names other modules have long imported from here, wherever they now live
 __all__ = [
@@ -109,11 +103,6 @@ logger = logging.getLogger("rkllm_core")
 Tokenizer = Callable[[str], Sequence[int]]
 _T = TypeVar("_T")
 
-_NORMAL = int(LLMCallState.RKLLM_RUN_NORMAL)
-_WAITING = int(LLMCallState.RKLLM_RUN_WAITING)
-_FINISH = int(LLMCallState.RKLLM_RUN_FINISH)
-_ERROR = int(LLMCallState.RKLLM_RUN_ERROR)
-_HIDDEN_1_1 = int(LLMCallState.RKLLM_RUN_GET_LAST_HIDDEN_LAYER)
 
 #: Qwen3-Reranker's judgement prompt; the score is P("yes") for the first answer token.
 RERANK_SYSTEM = (
@@ -122,702 +111,11 @@ RERANK_SYSTEM = (
 )
 RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
-#: Seconds a run may take to end after rkllm_abort before the model counts as wedged
-#: (rknn-llm #400 measured 1.3 s during prefill on a healthy NPU).
-ABORT_GRACE = 10.0
 
 
 #: True while generate_batch builds its lanes (single-input runs are refused on batched models)
 _batch_lane: contextvars.ContextVar[bool] = contextvars.ContextVar("rkllm_batch_lane",
                                                                    default=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# One run: the callback side and the bookkeeping the consumer reads
-
-
-@dataclass
-class _Done:
-    result: GenerationResult
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-_Item = StreamChunk | _Done | _Failure
-
-
-@dataclass(eq=False)
-class _Run:
-    """One queued ``rkllm_run``: its structs (kept alive until it ends) and what it produced.
-
-    A batched run (``n_batch > 1``) carries one lane per input: each lane is a ``_Run`` of its
-    own (never queued) that collects that input's text, tokens and perf stats."""
-
-    kind: Literal["generate", "hidden", "logits"]
-    input: Any
-    infer: Any
-    keepalive: list[Any]
-    max_new_tokens: int  # the effective limit; <= 0 means none
-    enforce_max_tokens: bool  # old families: we abort after max_new_tokens tokens
-    stop: StopMatcher
-    lanes: list[_Run] | None = None  # a batched run's per-input state
-    on_token: Callable[[StreamChunk], object] | None = None
-    before: list[Callable[[Any], None]] = field(default_factory=list)
-    channel: Channel[_Item] = field(default_factory=Channel)
-    state: Literal["queued", "running", "done", "cancelled"] = "queued"
-    abort_reason: str | None = None
-    abort_resent: bool = False  # the abort was sent again once a callback saw it pending
-    error: BaseException | None = None
-    runtime_error: bool = False
-    return_code: int = 0
-    decoder: Utf8Decoder = field(default_factory=Utf8Decoder)
-    text_parts: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    tokens_seen: int = 0
-    arrays: list[np.ndarray] = field(default_factory=list)
-    native_perf: dict[str, float] | None = None
-    kv_size_before: int | None = None  # read by a ReadKVCacheSize setup step
-    started: float = 0.0
-    first_token: float | None = None
-    ended: float = 0.0
-
-    @property
-    def text(self) -> str:
-        return "".join(self.text_parts)
-
-
-class _Engine:
-    """Owns the native handle and the worker thread; knows nothing of the public API.
-
-    Kept apart from :class:`RKLLM` so ``weakref.finalize`` can close it without keeping the
-    RKLLM object alive.
-    """
-
-    def __init__(self, lib: RuntimeLibrary, param: Any, tokenizer_callback: Any,
-                 abort_grace: float = ABORT_GRACE) -> None:
-        self.lib = lib
-        self.abort_grace = abort_grace
-        self.wedged: _Run | None = None  # a run that ignored rkllm_abort for abort_grace
-        self._cond = threading.Condition()
-        self._jobs: deque[_Run | _Call] = deque()
-        self._closed = False
-        self._tls = threading.local()
-        self.current: _Run | None = None
-        self.native = NativeModel(lib, param, self._handle, tokenizer_callback=tokenizer_callback)
-        self._result_type = ctypes.POINTER(lib.family.struct("RKLLMResult"))
-        self._release_buffers = 2 if lib.family.capabilities.callback_releases_buffers else 0
-        self._worker = threading.Thread(target=self._loop, name="rkllm-worker", daemon=True)
-        self._worker.start()
-
-    # -- the queue ------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def in_worker(self) -> bool:
-        """True on the worker thread or inside a result callback (any thread)."""
-        return threading.get_ident() == self._worker.ident or bool(
-            getattr(self._tls, "in_callback", False))
-
-    def _refuse_reentry(self, what: str) -> None:
-        if self.in_worker():
-            raise RKLLMError(
-                f"{what} was called from inside a run's callback (on_token); the model runs one "
-                "thing at a time, so this would wait for itself: call it after the run")
-
-    def submit(self, job: _Run | _Call, what: str) -> None:
-        self._refuse_reentry(what)
-        with self._cond:
-            if self._closed:
-                raise ModelClosedError("the model is closed: create a new RKLLM to run it again")
-            if self.wedged is not None:
-                raise self._wedged_error()
-            self._jobs.append(job)
-            self._cond.notify_all()
-
-    def call(self, fn: Callable[[Any], Any], what: str) -> Any:
-        """Run ``fn(handle)`` on the worker, after the runs queued before it."""
-        job = _Call(fn)
-        self.submit(job, what)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.value
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._jobs and not self._closed:
-                        self._cond.wait()
-                    if not self._jobs:
-                        return
-                    job = self._jobs.popleft()
-                    if isinstance(job, _Run):
-                        job.state = "running"
-                        self.current = job
-                if isinstance(job, _Run):
-                    self._execute(job)
-                else:
-                    job.execute(self.native.handle)
-        finally:
-            try:
-                self.native.close()
-            except Exception:
-                logger.exception("rkllm_destroy failed")
-
-    def _execute(self, run: _Run) -> None:
-        run.started = time.monotonic()
-        try:
-            if run.abort_reason is None:
-                for hook in run.before:  # on this thread, so nothing runs in between
-                    hook(self.native.handle)
-                logger.debug("rkllm_run: %s run", run.kind)
-                # a batch's input is an array, which ctypes passes as a pointer to its first item
-                inputs = run.input if isinstance(run.input, ctypes.Array) else ctypes.byref(
-                    run.input)
-                run.return_code = self.lib.run(self.native.handle, inputs,
-                                               ctypes.byref(run.infer), None)
-        except BaseException as exc:  # e.g. a before-hook failed: report it to the consumer
-            run.error = run.error or exc
-        errors = self.native.callback_errors
-        if errors:  # the handler catches everything itself; this is the last safety net
-            run.error = run.error or errors[0]
-            errors.clear()
-        run.ended = time.monotonic()
-        with self._cond:
-            run.state = "done"
-            self.current = None
-            if self.wedged is run:
-                self.wedged = None
-                logger.warning("the wedged run returned at last; the model accepts runs again")
-        _finish(run)
-
-    def _wedged_error(self) -> ModelWedgedError:
-        return ModelWedgedError(
-            f"the model is wedged: the runtime has not returned from rkllm_run within "
-            f"{self.abort_grace} s of rkllm_abort, so nothing else can run on it. close() it and "
-            "load the model again (on a board, an NPU that stays wedged needs the process to "
-            "exit), or use rkllm_core.IsolatedRKLLM, which restarts a wedged runtime for you")
-
-    def mark_wedged(self, run: _Run) -> ModelWedgedError:
-        """``run`` ignored rkllm_abort: refuse new work until it returns; fail what is queued."""
-        with self._cond:
-            if run.state == "running":
-                self.wedged = run
-            pending = [job for job in self._jobs]
-            self._jobs.clear()
-            for job in pending:
-                if isinstance(job, _Run):
-                    job.state = "cancelled"
-        error = self._wedged_error()
-        logger.error("%s", error)
-        for job in pending:
-            if isinstance(job, _Run):
-                job.error = error
-                _finish(job)
-            else:
-                job.fail(error)
-        return error
-
-    def abort_run(self, run: _Run, reason: str) -> str:
-        """Stop ``run``: drop it if still queued, else abort it. Returns what it was."""
-        with self._cond:
-            if run.state == "queued":
-                self._jobs.remove(run)
-                run.state = "cancelled"
-                run.abort_reason = reason
-                was = "queued"
-            elif run.state == "running":
-                if run.abort_reason is None:
-                    run.abort_reason = reason
-                if getattr(self._tls, "in_callback", False):
-                    self._abort_later(run)
-                else:
-                    # under the lock: the worker cannot destroy the handle meanwhile
-                    self.lib.abort(self.native.handle)
-                return "running"
-            else:
-                return "done"
-        _finish(run)
-        return was
-
-    def _abort_later(self, run: _Run) -> None:
-        """Call rkllm_abort from another thread: calling it inside the runtime's own callback
-        is undocumented (it may wait for the run it is called from)."""
-
-        def abort() -> None:
-            with self._cond:
-                if run.state == "running":
-                    self.lib.abort(self.native.handle)
-
-        threading.Thread(target=abort, name="rkllm-abort", daemon=True).start()
-
-    def abort_current(self) -> bool:
-        """Abort whatever run is executing now; False if none is."""
-        run = self.current
-        return run is not None and self.abort_run(run, "abort") == "running"
-
-    def close(self) -> None:
-        """Cancel queued work, abort the running run, wait for it, destroy the handle."""
-        with self._cond:
-            already = self._closed
-            self._closed = True
-            pending = list(self._jobs)
-            self._jobs.clear()
-            for job in pending:
-                if isinstance(job, _Run):
-                    job.state = "cancelled"
-            running = self.current
-            self._cond.notify_all()
-        for job in pending:
-            if isinstance(job, _Run):
-                job.error = ModelClosedError("the model was closed before this run started")
-                _finish(job)
-            else:
-                job.fail(ModelClosedError("the model was closed before this call ran"))
-        if running is not None and not already:
-            self.abort_run(running, "abort")
-        if self.in_worker():
-            return  # closed from a callback: the worker destroys the handle when the run ends
-        self._worker.join(self.abort_grace if running is not None else None)
-        if self._worker.is_alive():
-            # rkllm_destroy during a run would free memory the runtime still uses: leave it
-            logger.error("close(): the runtime did not return from rkllm_run within %s s of "
-                         "rkllm_abort; the model handle is left to the process exit",
-                         self.abort_grace)
-
-    # -- the result callback --------------------------------------------------------------
-
-    def _handle(self, result: Any, userdata: Any, state: int) -> int:
-        run = self.current
-        if run is None:
-            return 0
-        self._tls.in_callback = True
-        try:
-            return self._on_result(run, result, state)
-        except BaseException as exc:
-            run.error = run.error or exc
-            if run.abort_reason is None:
-                run.abort_reason = "error"
-                self._abort_later(run)
-            return 0
-        finally:
-            self._tls.in_callback = False
-
-    def _on_result(self, run: _Run, result: Any, state: int) -> int:
-        if not result:
-            return 0
-        results = ctypes.cast(result, self._result_type)
-        if run.lanes is None:
-            return self._on_one(run, results[0], state)
-        # a batched run: one result per input; a negative token id marks a finished input
-        if state in (_NORMAL, _WAITING) and run.first_token is None:
-            run.first_token = time.monotonic()
-        for i, lane in enumerate(run.lanes):
-            r = results[i]
-            if state in (_NORMAL, _WAITING) and int(r.token_id) < 0 and not r.text:
-                continue
-            self._on_one(lane, r, state)
-        run.runtime_error = any(lane.runtime_error for lane in run.lanes)
-        return 0
-
-    def _on_one(self, run: _Run, r: Any, state: int) -> int:
-        """One RKLLMResult of ``run`` (the run itself, or one lane of a batch)."""
-        if state == _FINISH:
-            perf = getattr(r, "perf", None)
-            if perf is not None:
-                run.native_perf = {name: getattr(perf, name) for name, _ in perf._fields_}
-            return 0
-        if state == _ERROR:
-            run.runtime_error = True
-            return 0
-        if run.abort_reason is not None:
-            # aborting: deliver nothing more. Send the abort once more, since the runtime
-            # clears its flag when a run starts (an abort may have come just before)
-            if not run.abort_resent:
-                run.abort_resent = True
-                self._abort_later(run)
-            return 0
-        if run.kind == "hidden" and state in (_NORMAL, _HIDDEN_1_1):
-            layer = r.last_hidden_layer
-            if layer.hidden_states and layer.num_tokens > 0 and layer.embd_size > 0:
-                # the runtime frees this buffer when the callback returns: copy it now
-                run.arrays.append(np.ctypeslib.as_array(
-                    layer.hidden_states, (layer.num_tokens, layer.embd_size)).copy())
-                return self._release_buffers
-            return 0
-        if run.kind == "logits" and state == _NORMAL:
-            logits = r.logits
-            if logits.logits and logits.num_tokens > 0 and logits.vocab_size > 0:
-                run.arrays.append(np.ctypeslib.as_array(
-                    logits.logits, (logits.num_tokens, logits.vocab_size)).copy())
-                return self._release_buffers
-            return 0
-        if run.kind != "generate" or state not in (_NORMAL, _WAITING):
-            return 0
-        if run.first_token is None:
-            run.first_token = time.monotonic()
-        raw = ctypes.string_at(r.text) if r.text else None
-        token_id = int(r.token_id)
-        run.tokens_seen += 1
-        if token_id >= 0:
-            run.token_ids.append(token_id)
-        text = run.stop.feed(run.decoder.feed(raw))
-        run.text_parts.append(text)
-        chunk = StreamChunk(text, token_id if token_id >= 0 else None)
-        if run.on_token is not None:
-            run.on_token(chunk)
-        run.channel.put(chunk)
-        if run.abort_reason is None:
-            if run.stop.stopped:
-                run.abort_reason = "stop"
-            elif run.enforce_max_tokens and run.tokens_seen >= run.max_new_tokens:
-                run.abort_reason = "length"
-            if run.abort_reason is not None:
-                run.abort_resent = True
-                self._abort_later(run)
-        return 0
-
-
-class _Call:
-    """A settings call queued behind the runs, executed on the worker."""
-
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
-        self.fn = fn
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def execute(self, handle: Any) -> None:
-        try:
-            self.value = self.fn(handle)
-        except BaseException as exc:
-            self.error = exc
-        self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
-
-
-def _perf(run: _Run) -> PerfStats:
-    if run.native_perf is not None:
-        p = run.native_perf
-        decode_ms = float(p["generate_time_ms"])
-        decode_tokens = int(p["generate_tokens"])
-        return PerfStats(
-            prefill_tokens=int(p["prefill_tokens"]),
-            prefill_ms=float(p["prefill_time_ms"]),
-            decode_tokens=decode_tokens,
-            decode_ms=decode_ms,
-            tokens_per_second=decode_tokens * 1000.0 / decode_ms if decode_ms > 0 else 0.0,
-            peak_memory_mb=float(p["memory_usage_mb"]),
-        )
-    first = run.first_token if run.first_token is not None else run.ended
-    started = run.started or first
-    decode_ms = max(0.0, (run.ended - first) * 1000.0)
-    return PerfStats(
-        prefill_tokens=None,
-        prefill_ms=max(0.0, (first - started) * 1000.0),
-        decode_tokens=run.tokens_seen,
-        decode_ms=decode_ms,
-        tokens_per_second=run.tokens_seen * 1000.0 / decode_ms if decode_ms > 0 else 0.0,
-        peak_memory_mb=None,
-    )
-
-
-def _finish(run: _Run) -> None:
-    """Release the undecoded tail, then hand the consumer the result or the error."""
-    for lane in run.lanes or ():
-        lane.state, lane.started, lane.ended = run.state, run.started, run.ended
-        lane.error, lane.return_code = run.error, run.return_code
-        lane.abort_reason = lane.abort_reason or run.abort_reason
-        _finish(lane)  # each lane's result (or error) waits in its own channel
-    if run.kind == "generate" and run.state == "done":
-        # an aborted run may end inside a character: drop it rather than emit U+FFFD
-        pending = run.decoder.flush() if run.abort_reason is None else ""
-        tail = run.stop.feed(pending) + run.stop.flush()
-        if tail:
-            chunk = StreamChunk(tail, None)
-            run.text_parts.append(tail)
-            if run.on_token is not None:
-                try:
-                    run.on_token(chunk)  # it sees every chunk the stream has, the tail included
-                except BaseException as exc:
-                    run.error = run.error or exc
-            run.channel.put(chunk)
-    if run.error is not None:
-        run.channel.put(_Failure(run.error))
-    elif run.runtime_error or run.return_code != 0:
-        error = RunError(
-            f"the runtime reported an error (rkllm_run returned {run.return_code}"
-            f"{', RKLLM_RUN_ERROR' if run.runtime_error else ''}) after {run.tokens_seen} tokens; "
-            "its log on stderr says why (input longer than max_context_len, unknown LoRA name, "
-            "wrong image count, ...)", partial_text=run.text)
-        run.channel.put(_Failure(error))
-    else:
-        reason: FinishReason
-        if run.abort_reason == "stop":
-            reason = "stop"
-        elif run.abort_reason == "length":
-            reason = "length"
-        elif run.abort_reason is not None:
-            reason = "abort"
-        elif run.max_new_tokens > 0 and run.tokens_seen >= run.max_new_tokens:
-            reason = "length"
-        else:
-            reason = "stop"
-        run.channel.put(_Done(GenerationResult(run.text, list(run.token_ids), reason, _perf(run),
-                                               run.kv_size_before)))
-    run.channel.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Consumers
-
-
-class _StreamBase:
-    def __init__(self, engine: _Engine, run: _Run, timeout: float | None,
-                 owner: object = None) -> None:
-        self._owner = owner  # keeps the RKLLM (and so the model) alive while we stream
-        self._engine = engine
-        self._run = run
-        self._timeout = timeout
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._result: GenerationResult | None = None
-        self._finished = False
-
-    @property
-    def result(self) -> GenerationResult:
-        """The final result; available once the stream has been consumed (or closed).
-
-        Example: see :class:`TextStream` and :meth:`RKLLM.astream`.
-        """
-        if self._result is None:
-            raise RKLLMError("the run has not finished: iterate the stream to its end first")
-        return self._result
-
-    @property
-    def text(self) -> str:
-        """The text streamed so far.
-
-        Example: ``stream.text`` after a few chunks of :meth:`RKLLM.stream`.
-        """
-        return self._run.text
-
-    def abort(self) -> None:
-        """Ask the run to stop (or drop it if it has not started); does not wait.
-
-        Example: ``stream.abort()``; :meth:`TextStream.close` also waits for the run's end.
-        """
-        if not self._finished:
-            self._engine.abort_run(self._run, "abort")
-
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def _accept(self, item: Any) -> StreamChunk | None:
-        """Handle one channel item; a chunk to yield, or None to read on."""
-        if item is Channel.END:
-            self._finished = True
-            raise StopIteration
-        if isinstance(item, StreamChunk):
-            return item
-        if isinstance(item, _Done):
-            self._result = item.result
-            return None
-        self._finished = True
-        assert isinstance(item, _Failure)
-        raise item.error
-
-    def _timed_out(self, was: str) -> RunTimeoutError:
-        if was == "queued":
-            return RunTimeoutError(
-                f"the run did not start within {self._timeout} s: the model was busy with earlier "
-                "runs (raise timeout=, or use another model instance)")
-        return RunTimeoutError(
-            f"the run did not finish within {self._timeout} s and was aborted",
-            partial_text=self._run.text)
-
-    def __del__(self) -> None:
-        # a consumer that went away (break, GC) must not leave the run going
-        if not getattr(self, "_finished", True):
-            self._engine.abort_run(self._run, "abort")
-
-
-class TextStream(_StreamBase):
-    """The chunks of one run as they arrive; see :meth:`RKLLM.stream`.
-
-    Stopping early (``break``, an exception, ``close()``, garbage collection, Ctrl-C) aborts
-    the run; the model stays usable. ``result`` holds the :class:`GenerationResult` once the
-    stream is exhausted.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two three"\\n')
-        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...     stream = llm.stream("count")
-        ...     pieces = [chunk.text for chunk in stream]
-        >>> "".join(pieces), stream.result.finish_reason
-        ('one two three', 'stop')
-    """
-
-    def __iter__(self) -> Iterator[StreamChunk]:
-        return self
-
-    def __next__(self) -> StreamChunk:
-        if self._finished:
-            raise StopIteration
-        while True:
-            chunk = self._accept(self._get())
-            if chunk is not None:
-                return chunk
-
-    def _get(self) -> Any:
-        try:
-            return self._run.channel.get(self._remaining())
-        except TimeoutError:
-            was = self._engine.abort_run(self._run, "timeout")
-            if was == "done":
-                return self._run.channel.get()
-            self._drain()
-            raise self._timed_out(was) from None
-        except BaseException:
-            self._engine.abort_run(self._run, "abort")
-            raise
-
-    def _drain(self) -> None:
-        """Wait for the aborted run's end (up to the abort grace), keeping its result."""
-        deadline = time.monotonic() + self._engine.abort_grace
-        try:
-            while (item := self._run.channel.get(max(0.0, deadline - time.monotonic()))) \
-                    is not Channel.END:
-                if isinstance(item, _Done):
-                    self._result = item.result
-        except TimeoutError:
-            self._finished = True
-            raise self._engine.mark_wedged(self._run) from None
-        self._finished = True
-
-    def close(self) -> None:
-        """Abort the run if it is still going and wait until it has ended.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     stream = llm.stream("go")
-            ...     first = next(stream).text
-            ...     stream.close()
-            >>> first, stream.result.text.startswith("a")
-            ('a', True)
-        """
-        if not self._finished:
-            self._engine.abort_run(self._run, "abort")
-            if self._engine.in_worker():
-                return
-            self._drain()
-
-    def __enter__(self) -> TextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncTextStream(_StreamBase):
-    """The asyncio twin of :class:`TextStream`; waiting never blocks the event loop.
-
-    Cancelling the task that iterates it, ``break`` or ``aclose()`` abort the run.
-
-    Example:
-        >>> import asyncio, tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two"\\n')
-        >>> async def main() -> str:
-        ...     with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...         return "".join([c.text async for c in llm.astream("count")])
-        >>> asyncio.run(main())
-        'one two'
-    """
-
-    def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        return self
-
-    async def __anext__(self) -> StreamChunk:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            while True:
-                chunk = self._accept(await self._aget())
-                if chunk is not None:
-                    return chunk
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-    async def _aget(self) -> Any:
-        channel = self._run.channel
-        try:
-            return await channel.aget(self._remaining())
-        except TimeoutError:
-            was = self._engine.abort_run(self._run, "timeout")
-            if was == "done":
-                return await channel.aget()
-            await self._adrain()
-            raise self._timed_out(was) from None
-        except BaseException:
-            self._engine.abort_run(self._run, "abort")
-            raise
-
-    async def _adrain(self) -> None:
-        deadline = time.monotonic() + self._engine.abort_grace
-        try:
-            while (item := await self._run.channel.aget(
-                    max(0.0, deadline - time.monotonic()))) is not Channel.END:
-                if isinstance(item, _Done):
-                    self._result = item.result
-        except TimeoutError:
-            self._finished = True
-            raise self._engine.mark_wedged(self._run) from None
-        self._finished = True
-
-    async def aclose(self) -> None:
-        """Abort the run if it is still going and wait (asynchronously) until it has ended.
-
-        Example:
-            >>> import asyncio, tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
-            >>> async def main() -> str:
-            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...         stream = llm.astream("go")
-            ...         await stream.__anext__()
-            ...         await stream.aclose()
-            ...         return stream.result.finish_reason
-            >>> asyncio.run(main()) in ("abort", "stop")
-            True
-        """
-        if not self._finished:
-            self._engine.abort_run(self._run, "abort")
-            await self._adrain()
-
-    async def __aenter__(self) -> AsyncTextStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,7 +173,7 @@ class RKLLM:
         abort_grace: float = ABORT_GRACE,
         **param_overrides: Any,
     ) -> None:
-        self._engine: _Engine | None = None
+        self._worker: RunWorker | None = None
         self._hidden_size: int | None = None  # learned from the first hidden-state run
         if not _is_number(abort_grace) or not 0 < abort_grace < math.inf:
             raise InvalidParameterError(
@@ -902,10 +200,10 @@ class RKLLM:
         tokenizer_callback = None
         if tokenizer is not None and self.lib.family.capabilities.init_callbacks:
             tokenizer_callback = _tokenizer_callback(self.lib, tokenizer)
-        self._engine = _Engine(self.lib, param, tokenizer_callback, float(abort_grace))
-        self._info = parse_init_log(self._engine.native.init_log)
+        self._worker = RunWorker(self.lib, param, tokenizer_callback, float(abort_grace))
+        self._info = parse_init_log(self._worker.native.init_log)
         self._cross_attn_keep: list[Any] = []
-        self._finalizer = weakref.finalize(self, self._engine.close)
+        self._finalizer = weakref.finalize(self, self._worker.close)
         logger.info("loaded %s on runtime %s", self.params.model_path, self.lib.release)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -922,7 +220,7 @@ class RKLLM:
             >>> llm.close(); llm.close(); llm.closed
             True
         """
-        if self._engine is not None:
+        if self._worker is not None:
             self._finalizer()
 
     @property
@@ -931,7 +229,7 @@ class RKLLM:
 
         Example: see :meth:`close`.
         """
-        return self._engine is None or self._engine.closed
+        return self._worker is None or self._worker.closed
 
     def __enter__(self) -> RKLLM:
         return self
@@ -944,10 +242,10 @@ class RKLLM:
         return f"RKLLM({str(self.params.model_path)!r}, runtime={self.lib.release}, {state})"
 
     @property
-    def _live(self) -> _Engine:
-        if self._engine is None or self._engine.closed:
+    def _live(self) -> RunWorker:
+        if self._worker is None or self._worker.closed:
             raise ModelClosedError("the model is closed: create a new RKLLM to use it again")
-        return self._engine
+        return self._worker
 
     @property
     def is_running(self) -> bool:
@@ -968,7 +266,7 @@ class RKLLM:
             ...     running, llm.is_running
             (True, False)
         """
-        return self._engine is not None and self._engine.current is not None
+        return self._worker is not None and self._worker.current is not None
 
     def abort(self) -> bool:
         """Abort the run executing now (queued runs still run); False if none was.
@@ -982,7 +280,7 @@ class RKLLM:
             ...     llm.abort()
             False
         """
-        return self._engine is not None and self._engine.abort_current()
+        return self._worker is not None and self._worker.abort_current()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -1252,9 +550,9 @@ class RKLLM:
                           stop=stop, on_token=on_token)
         run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
-        engine = self._live
-        engine.submit(run, "stream()")
-        return TextStream(engine, run, timeout, owner=self)
+        worker = self._live
+        worker.submit(run, "stream()")
+        return TextStream(worker, run, timeout, owner=self)
 
     def generate_batch(
         self,
@@ -1440,9 +738,9 @@ class RKLLM:
                           stop=stop, on_token=None)
         run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
-        engine = self._live
-        engine.submit(run, "astream()")
-        return AsyncTextStream(engine, run, timeout, owner=self)
+        worker = self._live
+        worker.submit(run, "astream()")
+        return AsyncTextStream(worker, run, timeout, owner=self)
 
     async def agenerate(
         self,
@@ -1486,39 +784,15 @@ class RKLLM:
                           stop=stop, on_token=on_token)
         run.before = [*self._setup_hooks(run, setup), *before]
         check_timeout(timeout)
-        engine = self._live
-        engine.submit(run, "agenerate()")
-        return await self._aconsume(engine, run, timeout)
+        worker = self._live
+        worker.submit(run, "agenerate()")
+        return await aconsume(worker, run, timeout, owner=self)
 
     def _collect(self, run: _Run, timeout: float | None, what: str) -> GenerationResult:
         check_timeout(timeout)
-        engine = self._live
-        engine.submit(run, what)
-        return self._consume(engine, run, timeout)
-
-    def _consume(self, engine: _Engine, run: _Run, timeout: float | None) -> GenerationResult:
-        """Wait for a submitted run's result; leaving early (an exception) aborts the run."""
-        stream = TextStream(engine, run, timeout, owner=self)
-        try:
-            for _ in stream:
-                pass
-        except BaseException:
-            stream.abort()
-            raise
-        return stream.result
-
-    async def _aconsume(self, engine: _Engine, run: _Run,
-                        timeout: float | None) -> GenerationResult:
-        """:meth:`_consume` for asyncio: awaits the run's channel, so the loop never blocks; a
-        cancelled task aborts the run (or takes it off the queue)."""
-        stream = AsyncTextStream(engine, run, timeout, owner=self)
-        try:
-            async for _ in stream:
-                pass
-        except BaseException:
-            stream.abort()
-            raise
-        return stream.result
+        worker = self._live
+        worker.submit(run, what)
+        return consume(worker, run, timeout, owner=self)
 
     def _arrays(self, run: _Run, timeout: float | None, what: str) -> list[np.ndarray]:
         return self._run_arrays(run, self._collect(run, timeout, what), what)
@@ -1556,26 +830,27 @@ class RKLLM:
     def _run_all(self, runs: list[_Run], read: Callable[[list[np.ndarray]], _T],
                  timeout: float | None, what: str) -> list[_T]:
         check_timeout(timeout)
-        engine = self._live
+        worker = self._live
         try:
             for run in runs:
-                engine.submit(run, what)
-            return [read(self._run_arrays(run, self._consume(engine, run, timeout), what))
+                worker.submit(run, what)
+            return [read(self._run_arrays(run, consume(worker, run, timeout, owner=self), what))
                     for run in runs]
         finally:
-            _drop_unfinished(engine, runs)
+            _drop_unfinished(worker, runs)
 
     async def _arun_all(self, runs: list[_Run], read: Callable[[list[np.ndarray]], _T],
                         timeout: float | None, what: str) -> list[_T]:
         check_timeout(timeout)
-        engine = self._live
+        worker = self._live
         try:
             for run in runs:
-                engine.submit(run, what)
-            return [read(self._run_arrays(run, await self._aconsume(engine, run, timeout), what))
+                worker.submit(run, what)
+            return [read(self._run_arrays(
+                        run, await aconsume(worker, run, timeout, owner=self), what))
                     for run in runs]
         finally:
-            _drop_unfinished(engine, runs)
+            _drop_unfinished(worker, runs)
 
     # -- hidden states, embeddings, logits, reranking ----------------------------------------
 
@@ -2125,12 +1400,12 @@ def _unless_ended_early(previous: _Run) -> Callable[[Any], None]:
     return check
 
 
-def _drop_unfinished(engine: _Engine, runs: list[_Run]) -> None:
+def _drop_unfinished(worker: RunWorker, runs: list[_Run]) -> None:
     """Take a call's runs that have not started off the queue (the last first, so none of
     them starts meanwhile), then abort the one in flight."""
     for run in reversed(runs):
         if run.state in ("queued", "running"):
-            engine.abort_run(run, "abort")
+            worker.abort_run(run, "abort")
 
 
 def _stacked(rows: list[np.ndarray]) -> np.ndarray:

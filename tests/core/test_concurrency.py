@@ -263,11 +263,11 @@ def test_async_tasks_share_one_model_in_fifo_order() -> None:
 
 def test_an_unreferenced_model_is_closed_by_the_garbage_collector() -> None:
     llm = open_model("1.3.0")
-    engine = llm._live
+    worker = llm._live
     del llm
     gc.collect()
-    assert engine.closed and not engine._worker.is_alive()
-    assert engine.native.closed
+    assert worker.closed and not worker._thread.is_alive()
+    assert worker.native.closed
 
 
 def test_a_stream_keeps_its_model_alive() -> None:

@@ -296,9 +296,9 @@ def test_queued_runs_behind_a_wedged_run_fail_instead_of_waiting_forever(
     llm.close()  # returns after the abort grace instead of joining a stuck worker for ever
     assert time.monotonic() - start < 5
     monkeypatch.undo()
-    real_abort(llm._engine.native.handle)  # type: ignore[union-attr]
-    llm._engine._worker.join(10)  # type: ignore[union-attr]
-    assert llm._engine.native.closed  # type: ignore[union-attr]
+    real_abort(llm._worker.native.handle)  # type: ignore[union-attr]
+    llm._worker._thread.join(10)  # type: ignore[union-attr]
+    assert llm._worker.native.closed  # type: ignore[union-attr]
 
 
 def test_a_subprocess_ends_cleanly_with_a_wedged_run_in_flight(model_file: ModelFile) -> None:
