@@ -8,7 +8,6 @@ the same with a real tokenizer and a real KV cache.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +182,9 @@ def test_raw_mode_switches_the_runtime_template_off_once(llm: RKLLM) -> None:
 
 @pytest.mark.gguf
 def test_smollm2_in_tokens_mode_reuses_its_own_reply_tokens() -> None:
+    # SmolLM2's words differ by CPU (llama.cpp's SIMD kernels): what is asserted holds for any
+    # reply. The cache keeps the first prompt and the model's own reply tokens as generated,
+    # and the second turn sends exactly the tokens of what follows them.
     from rkllm_core.host.models import smollm2_path
 
     path = smollm2_path()
@@ -190,16 +192,20 @@ def test_smollm2_in_tokens_mode_reuses_its_own_reply_tokens() -> None:
         chat = ChatEngine(llm, tokenizer=path, preset="smollm")
         tokenizer = ChatTokenizer.from_gguf(path)
         history = [ChatMessage.user("Hi, I am Alice.")]
+        first_prompt = chat.render(history)
         first = chat.generate(history)
-        cached = len(tokenizer.encode(chat.render(history))) + first.usage.output_tokens
         history += [first.message, ChatMessage.user("Who am I?")]
-        ids = tokenizer.encode(chat.render(history))
+        second_prompt = chat.render(history)
         second = chat.generate(history)
-        assert second.reused_cache
-        # only the end of the reply (its end-of-turn marker) and the new turn are prefilled
-        assert second.usage.prefill_tokens <= len(ids) - cached + 3
-        assert second.usage.prefill_tokens < len(ids) // 2
-        assert json.dumps(second.message.content)  # a real answer came back
+    cached = first_prompt + first.raw_text
+    assert second_prompt.startswith(cached)  # the conversation extends what the cache holds
+    assert second.reused_cache
+    kept = second.usage.input_tokens - second.usage.prefill_tokens  # the runtime's KV size
+    first_ids = tokenizer.encode(first_prompt, parse_special=True)
+    assert abs(kept - (len(first_ids) + first.usage.output_tokens)) <= 1  # an end token
+    new_ids = tokenizer.encode(second_prompt[len(cached):], parse_special=True)
+    assert second.usage.prefill_tokens == len(new_ids)
+    assert second.usage.output_tokens > 0
 
 
 @pytest.mark.parametrize("mode", ["tokens", "raw"])
