@@ -68,8 +68,9 @@ class TestRKLLMEmbeddingsOnSmolLM2(EmbeddingsIntegrationTests):
 
 
 @pytest.fixture
-def embeddings() -> RKLLMEmbeddings:
-    return RKLLMEmbeddings(model_path=_scripted_embedder(), library="host", max_context_len=512)
+def embeddings(backend: str) -> RKLLMEmbeddings:
+    return RKLLMEmbeddings(model_path=_scripted_embedder(), library="host", max_context_len=512,
+                           isolated=backend == "isolated")
 
 
 def same(a: Any, b: Any) -> None:

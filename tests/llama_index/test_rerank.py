@@ -37,10 +37,10 @@ def judge_file(folder: Path, name: str = "judge.scripted") -> str:
 
 
 @pytest.fixture
-def rerank(tmp_path: Path) -> RKLLMRerank:
+def rerank(tmp_path: Path, backend: str) -> RKLLMRerank:
     return RKLLMRerank(model_path=judge_file(tmp_path), library="host", max_context_len=512,
                        yes_token_id=ord("y"), no_token_id=ord("n"), top_n=2,
-                       keep_retrieval_score=True)
+                       keep_retrieval_score=True, isolated=backend == "isolated")
 
 
 def test_the_best_nodes_come_first_sync_and_async_alike(rerank: RKLLMRerank) -> None:
