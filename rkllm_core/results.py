@@ -84,6 +84,8 @@ class GenerationResult:
     perf: PerfStats
     #: the KV-cache size the run started from, when ``setup`` asked (:mod:`rkllm_core.backend`)
     kv_cache_size_before: int | None = None
+    #: the ``stop`` string that ended the run, if one did
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,6 @@ def _finish(run: _Run) -> None:
         else:
             reason = "stop"
         run.channel.put(_Done(GenerationResult(run.text, list(run.token_ids), reason, _perf(run),
-                                               run.kv_size_before)))
+                                               run.kv_size_before, run.stop.hit)))
     run.channel.close()
 

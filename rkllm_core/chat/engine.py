@@ -708,8 +708,10 @@ class ChatEngine:
         parser_kwargs: dict[str, Any] = dict(
             tool_format=self.tool_format if tools else None, think=think,
             starts_in_reasoning=starts_in_reasoning, stop=stops)
-        base: dict[str, Any] = dict(keep_history=self._stateful,
-                                    max_new_tokens=max_new_tokens, sampling=sampling)
+        # the model cuts at a stop string inside the runtime's callback and aborts there, so
+        # where a turn ends does not depend on how fast a consumer (or a process) reads it
+        base: dict[str, Any] = dict(keep_history=self._stateful, max_new_tokens=max_new_tokens,
+                                    sampling=sampling, stop=stops)
         state = self._state
         with state.lock:
             state.epoch += 1
@@ -897,7 +899,9 @@ class ChatEngine:
                 error: BaseException | None) -> ChatResult:
         parsed = parser.finish_result()
         finish = generation.finish_reason if generation is not None else "error"
-        if parsed.stop_sequence is not None:
+        stop_hit = parsed.stop_sequence or (
+            generation.stop_sequence if generation is not None else None)
+        if stop_hit is not None:
             finish = "stop"
         elif parsed.tool_calls and finish == "stop":
             finish = "tool_calls"
@@ -905,7 +909,7 @@ class ChatEngine:
                                       reasoning=parsed.reasoning or None)
         raw_text = generation.text if generation is not None else ""
         clean_end = generation is not None and generation.finish_reason == "stop" and \
-            parsed.stop_sequence is None
+            stop_hit is None
         state = self._state
         with state.lock:
             if state.epoch == plan.epoch:
@@ -926,12 +930,14 @@ class ChatEngine:
             input_tokens=(generation.kv_cache_size_before
                           if generation is not None and generation.kv_cache_size_before
                           is not None else plan.reused_tokens) + prefill,
-            output_tokens=perf.decode_tokens if perf is not None else 0,
+            # the tokens the caller got: after a stop the runtime may make a few more before
+            # its abort lands, and those are not part of the reply
+            output_tokens=len(generation.token_ids) if generation is not None else 0,
             prefill_tokens=prefill,
             prefill_ms=perf.prefill_ms if perf is not None else 0.0,
             decode_ms=perf.decode_ms if perf is not None else 0.0,
             tokens_per_second=perf.tokens_per_second if perf is not None else 0.0)
-        return ChatResult(reply, parsed.invalid_tool_calls, finish, usage, parsed.stop_sequence,
+        return ChatResult(reply, parsed.invalid_tool_calls, finish, usage, stop_hit,
                           self.mode, plan.reused, self.model.runtime_info.release, raw_text)
 
     @staticmethod
