@@ -2,11 +2,21 @@
 
 An RKLLM owns a :class:`~rkllm_core.worker.RunWorker`: every native call that touches the model
 (runs and settings alike) executes on that one worker thread, in FIFO order, so threads and
-asyncio tasks can share a model. Results flow from the runtime's callback to a
-:class:`~rkllm_core.streams.TextStream` or :class:`~rkllm_core.streams.AsyncTextStream`.
-Run results live in :mod:`rkllm_core.results`, argument checks in :mod:`rkllm_core.validation`,
-and :class:`~rkllm_core.inputs.RunBuilder` turns a run's arguments into the runtime's structs;
-this module re-exports the names long imported from it.
+asyncio tasks can share a model. Its parts live beside it, one responsibility per module:
+
+- :mod:`rkllm_core.results`: what a run gives back (``GenerationResult``, ``StreamChunk``,
+  ``PerfStats``), ``ImageInput`` and ``RuntimeInfo``;
+- :mod:`rkllm_core.validation`: checks of what callers pass;
+- :mod:`rkllm_core.worker`: the worker thread, its run queue and the runtime's result callback;
+- :mod:`rkllm_core.streams`: ``TextStream`` and ``AsyncTextStream``, which consume a run;
+- :mod:`rkllm_core.inputs`: ``RunBuilder``, which turns a run's arguments into the runtime's
+  structs as the loaded release's capabilities allow;
+- :mod:`rkllm_core.embeddings`: hidden states, embeddings, logits and reranking;
+- :mod:`rkllm_core.model_state`: KV cache, LoRA, prompt cache, chat template, function tools
+  and cross attention.
+
+This module holds construction, lifecycle and generation, and re-exports the names long
+imported from it (``from rkllm_core.model import GenerationResult`` still works).
 
 Example:
     >>> import tempfile, pathlib
@@ -22,35 +32,24 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from rkllm_core.abi import Capabilities
-from rkllm_core.backend import (
-    ClearKVCache,
-    ReadKVCacheSize,
-    RunSetup,
-    SetChatTemplate,
-    SetFunctionTools,
-)
-from rkllm_core.errors import (
-    InvalidParameterError,
-    ModelClosedError,
-    RKLLMError,
-    RunError,
-)
+from rkllm_core.backend import RunSetup
+from rkllm_core.embeddings import RERANK_INSTRUCTION, RERANK_SYSTEM, _EmbeddingMethods
+from rkllm_core.errors import InvalidParameterError, ModelClosedError
 from rkllm_core.inputs import RunBuilder
 from rkllm_core.library import RuntimeLibrary, load_library
+from rkllm_core.model_state import _ModelStateMethods
 from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
-from rkllm_core.rerank_tokens import arerank_token_ids, rerank_token_ids
 from rkllm_core.results import (
     FinishReason,
     GenerationResult,
@@ -62,14 +61,7 @@ from rkllm_core.results import (
 )
 from rkllm_core.streaming import Channel
 from rkllm_core.streams import AsyncTextStream, TextStream, aconsume, consume
-from rkllm_core.validation import (
-    _is_number,
-    _readable_file,
-    check_return_code,
-    check_text,
-    check_timeout,
-    require_capability,
-)
+from rkllm_core.validation import _is_number, check_text, check_timeout
 from rkllm_core.worker import ABORT_GRACE, RunWorker, _Done, _Failure, _Run
 
 # the names other modules have long imported from here, wherever they now live
@@ -95,22 +87,9 @@ __all__ = [
 logger = logging.getLogger("rkllm_core")
 
 Tokenizer = Callable[[str], Sequence[int]]
-_T = TypeVar("_T")
 
 
-#: Qwen3-Reranker's judgement prompt; the score is P("yes") for the first answer token.
-RERANK_SYSTEM = (
-    'Judge whether the Document meets the requirements based on the Query and the Instruct '
-    'provided. Note that the answer can only be "yes" or "no".'
-)
-RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-
-
-# ---------------------------------------------------------------------------------------------
-# The public class
-
-
-class RKLLM:
+class RKLLM(_EmbeddingMethods, _ModelStateMethods):
     """A loaded RKLLM model: generation, streaming, async, embeddings, logits, KV cache.
 
     Setup:
@@ -190,7 +169,7 @@ class RKLLM:
             tokenizer_callback = _tokenizer_callback(self.lib, tokenizer)
         self._worker = RunWorker(self.lib, param, tokenizer_callback, float(abort_grace))
         self._info = parse_init_log(self._worker.native.init_log)
-        self._cross_attn_keep: list[Any] = []
+        self._cross_attn_keep = []
         self._finalizer = weakref.finalize(self, self._worker.close)
         logger.info("loaded %s on runtime %s", self.params.model_path, self.lib.release)
 
@@ -572,542 +551,6 @@ class RKLLM:
         worker = self._live
         worker.submit(run, what)
         return consume(worker, run, timeout, owner=self)
-
-    def _arrays(self, run: _Run, timeout: float | None, what: str) -> list[np.ndarray]:
-        return self._run_arrays(run, self._collect(run, timeout, what), what)
-
-    def _run_arrays(self, run: _Run, result: GenerationResult, what: str) -> list[np.ndarray]:
-        """The arrays a finished hidden-state or logits run copied out of its callbacks."""
-        if result.finish_reason == "abort":
-            raise RKLLMError(f"{what} was aborted before the runtime returned its output")
-        if run.kind == "hidden" and run.arrays and run.arrays[0].ndim == 2:
-            self._builder.hidden_size = int(run.arrays[0].shape[1])
-        return run.arrays
-
-    # embed and rerank are calls of several runs, built once (_independent_runs plus a `read`
-    # of each run's arrays) and executed by a sync or an async driver. The runs are queued
-    # together, so the call is not interleaved with others; when the call ends early
-    # (cancelled, timed out, failed) the runs not yet started never start.
-
-    def _independent_runs(self, kind: Literal["hidden", "logits"],
-                          prompts: Sequence[str]) -> list[_Run]:
-        """One run per prompt, each on a cleared KV cache (rknn-llm #278), each starting only
-        if the one before it ended normally."""
-        runs: list[_Run] = []
-        for prompt in prompts:
-            run = self._builder.build(kind, prompt=prompt, role="user", enable_thinking=False,
-                                      tokens=None, embeddings=None, image=None,
-                                      keep_history=False, max_new_tokens=None, sampling=None,
-                                      lora=None, save_prompt_cache=None, stop=None,
-                                      on_token=None)
-            # the check runs on the worker right before the run: an abort of the previous run
-            # is already recorded then, so no later run of the call can slip in after it
-            run.before = [*([_unless_ended_early(runs[-1])] if runs else []),
-                          *self._fresh_cache_hooks()]
-            runs.append(run)
-        return runs
-
-    def _run_all(self, runs: list[_Run], read: Callable[[list[np.ndarray]], _T],
-                 timeout: float | None, what: str) -> list[_T]:
-        check_timeout(timeout)
-        worker = self._live
-        try:
-            for run in runs:
-                worker.submit(run, what)
-            return [read(self._run_arrays(run, consume(worker, run, timeout, owner=self), what))
-                    for run in runs]
-        finally:
-            _drop_unfinished(worker, runs)
-
-    async def _arun_all(self, runs: list[_Run], read: Callable[[list[np.ndarray]], _T],
-                        timeout: float | None, what: str) -> list[_T]:
-        check_timeout(timeout)
-        worker = self._live
-        try:
-            for run in runs:
-                worker.submit(run, what)
-            return [read(self._run_arrays(
-                        run, await aconsume(worker, run, timeout, owner=self), what))
-                    for run in runs]
-        finally:
-            _drop_unfinished(worker, runs)
-
-    # -- hidden states, embeddings, logits, reranking ----------------------------------------
-
-    def hidden_states(
-        self,
-        prompt: str | None = None,
-        *,
-        tokens: Sequence[int] | None = None,
-        embeddings: np.ndarray | None = None,
-        keep_history: bool = False,
-        timeout: float | None = None,
-    ) -> np.ndarray:
-        """The last hidden layer for the input's prefilled tokens, float32 ``(n_tokens, dim)``.
-
-        The array is copied inside the callback (the runtime frees its buffer right after).
-        With a text prompt the chat template's tokens are included.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     llm.hidden_states(tokens=[300, 301, 302]).shape
-            (3, 16)
-        """
-        run = self._builder.build("hidden", prompt=prompt, role="user", enable_thinking=False,
-                                  tokens=tokens, embeddings=embeddings, image=None,
-                                  keep_history=keep_history, max_new_tokens=None, sampling=None,
-                                  lora=None, save_prompt_cache=None, stop=None, on_token=None)
-        arrays = self._arrays(run, timeout, "hidden_states()")
-        if not arrays:
-            raise RunError("the runtime returned no hidden states for this input")
-        return np.concatenate(arrays, axis=0)
-
-    def embed(
-        self,
-        texts: str | Sequence[str],
-        *,
-        pooling: Literal["mean", "last"] = "mean",
-        normalize: bool = True,
-        instruction: str | None = None,
-        timeout: float | None = None,
-    ) -> np.ndarray:
-        """Sentence embeddings from the last hidden layer: ``(len(texts), dim)`` float32.
-
-        Each text is an independent run; on runtime 1.2.0+ the KV cache is cleared before each
-        one (so runs do not see each other: rknn-llm #278), which also drops any conversation
-        kept with ``keep_history``. The runs are queued together; if one fails or is aborted,
-        the rest never start. ``instruction`` prefixes each text as
-        ``"Instruct: {instruction}\\nQuery: {text}"`` (Qwen3-Embedding style). ``timeout`` is
-        per text. :meth:`aembed` is the asyncio twin.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     vectors = llm.embed(["a cat", "a dog"])
-            >>> vectors.shape
-            (2, 16)
-        """
-        runs, read = self._embed_plan(texts, pooling, normalize, instruction)
-        return _stacked(self._run_all(runs, read, timeout, "embed()"))
-
-    async def aembed(
-        self,
-        texts: str | Sequence[str],
-        *,
-        pooling: Literal["mean", "last"] = "mean",
-        normalize: bool = True,
-        instruction: str | None = None,
-        timeout: float | None = None,
-    ) -> np.ndarray:
-        """Async :meth:`embed` (same arguments and result); never blocks the event loop.
-
-        Each text's run is awaited on its channel. Cancelling the awaiting task
-        (``asyncio.wait_for``, a client that went away) aborts the run in flight and drops the
-        texts not yet started, so the next caller's run starts as soon as the runtime has
-        stopped (within the model's ``abort_grace``).
-
-        Example:
-            >>> import asyncio, tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 16\\n')
-            >>> async def main() -> tuple[int, ...]:
-            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...         return (await llm.aembed(["a cat", "a dog", "a bird"])).shape
-            >>> asyncio.run(main())
-            (3, 16)
-        """
-        runs, read = self._embed_plan(texts, pooling, normalize, instruction)
-        return _stacked(await self._arun_all(runs, read, timeout, "aembed()"))
-
-    def _embed_plan(self, texts: str | Sequence[str], pooling: str, normalize: bool,
-                    instruction: str | None
-                    ) -> tuple[list[_Run], Callable[[list[np.ndarray]], np.ndarray]]:
-        """A hidden-state run per text, and how one run's states become its vector."""
-        if pooling not in ("mean", "last"):
-            raise InvalidParameterError(f"pooling must be 'mean' or 'last', got {pooling!r}")
-        items = [texts] if isinstance(texts, str) else list(texts)
-        for i, text in enumerate(items):
-            check_text(text, f"texts[{i}]")
-        if instruction:
-            items = [f"Instruct: {instruction}\nQuery: {text}" for text in items]
-
-        def read(arrays: list[np.ndarray]) -> np.ndarray:
-            if not arrays:
-                raise RunError("the runtime returned no hidden states for this input")
-            states = np.concatenate(arrays, axis=0)
-            vector: np.ndarray = states.mean(axis=0) if pooling == "mean" else states[-1]
-            if normalize:
-                norm = float(np.linalg.norm(vector))
-                vector = vector / norm if norm > 0 else vector
-            return vector.astype(np.float32)
-
-        return self._independent_runs("hidden", items), read
-
-    def _fresh_cache_hooks(self) -> list[Callable[[Any], None]]:
-        if not self.lib.family.capabilities.kv_cache_clear:
-            return []
-        lib = self.lib
-
-        def clear(handle: Any) -> None:
-            if lib.clear_kv_cache(handle, False) != 0:
-                raise RKLLMError("rkllm_clear_kv_cache failed before an independent run")
-
-        return [clear]
-
-    def logits(
-        self,
-        prompt: str | None = None,
-        *,
-        tokens: Sequence[int] | None = None,
-        keep_history: bool = False,
-        timeout: float | None = None,
-    ) -> np.ndarray:
-        """Logits after the input, float32 ``(num_tokens, vocab_size)`` as the runtime gives
-        them (row -1 is the next-token distribution). Runtime 1.2.0+.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nvocab_size = 1000\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     llm.logits("Hello").shape
-            (1, 1000)
-        """
-        run = self._builder.build("logits", prompt=prompt, role="user", enable_thinking=False,
-                                  tokens=tokens, embeddings=None, image=None,
-                                  keep_history=keep_history, max_new_tokens=None, sampling=None,
-                                  lora=None, save_prompt_cache=None, stop=None, on_token=None)
-        arrays = self._arrays(run, timeout, "logits()")
-        if not arrays:
-            raise RunError("the runtime returned no logits for this input")
-        return np.concatenate(arrays, axis=0)
-
-    def rerank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        instruction: str | None = None,
-        yes_token_id: int | None = None,
-        no_token_id: int | None = None,
-        tokenizer: Any = None,
-        timeout: float | None = None,
-    ) -> list[float]:
-        """Relevance of each document to ``query``: P("yes") of a yes/no judgement, 0-1.
-
-        The model (ideally a reranker such as Qwen3-Reranker) is asked whether the document
-        meets the query; the score is ``softmax(logit_yes, logit_no)[0]`` of the next token.
-        Each document is one run on a cleared KV cache, queued together as in :meth:`embed`;
-        ``timeout`` is per document. Needs logits (runtime 1.2.0+). :meth:`arerank` is the
-        asyncio twin.
-
-        The runtime has no tokenizer API, so the ids of "yes" and "no" come from
-        ``yes_token_id`` / ``no_token_id``, else ``tokenizer`` (a ``tokenizer.json``, a Hugging
-        Face folder, a ``.gguf`` file or a ``str -> ids`` function), else the ``tokenizer``
-        given to RKLLM, else the GGUF's own vocabulary (host runtime), else the file name of a
-        known reranker conversion (:data:`rkllm_core.rerank_tokens.KNOWN_VOCABULARIES`);
-        UnsupportedFeatureError names these ways when none applies.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nvocab_size = 1000\\n'
-            ...                     'when contains "paris" reply "y"\\ndefault reply "n"\\n')
-            >>> # this toy model answers "y" or "n", single bytes whose token ids are their codes
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     scores = llm.rerank("capital of France?", ["Paris it is", "Bananas"],
-            ...                         yes_token_id=ord("y"), no_token_id=ord("n"))
-            >>> [round(s) for s in scores]
-            [1, 0]
-        """
-        sources = self._rerank_id_sources(documents, yes_token_id, no_token_id, tokenizer)
-        runs, read = self._rerank_plan(query, documents, instruction,
-                                       rerank_token_ids(**sources))
-        return self._run_all(runs, read, timeout, "rerank()")
-
-    async def arerank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        instruction: str | None = None,
-        yes_token_id: int | None = None,
-        no_token_id: int | None = None,
-        tokenizer: Any = None,
-        timeout: float | None = None,
-    ) -> list[float]:
-        """Async :meth:`rerank` (same arguments and result); never blocks the event loop.
-
-        Cancelling the awaiting task aborts the document's run in flight and drops the
-        documents not yet started, so the next caller's run starts as soon as the runtime has
-        stopped (within the model's ``abort_grace``).
-
-        Example:
-            >>> import asyncio, tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nvocab_size = 1000\\n'
-            ...                     'when contains "paris" reply "y"\\ndefault reply "n"\\n')
-            >>> async def main() -> list[float]:
-            ...     with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...         return await llm.arerank("capital of France?", ["Bananas", "Paris"],
-            ...                                  yes_token_id=ord("y"), no_token_id=ord("n"))
-            >>> [round(s) for s in asyncio.run(main())]
-            [0, 1]
-        """
-        sources = self._rerank_id_sources(documents, yes_token_id, no_token_id, tokenizer)
-        runs, read = self._rerank_plan(query, documents, instruction,
-                                       await arerank_token_ids(**sources))
-        return await self._arun_all(runs, read, timeout, "arerank()")
-
-    def _rerank_id_sources(self, documents: Sequence[str], yes_token_id: int | None,
-                           no_token_id: int | None, tokenizer: Any) -> dict[str, Any]:
-        """Checks what rerank can check at once, then where the yes/no ids come from."""
-        require_capability(self.lib, "logits", "rerank() (it reads logits)")
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise InvalidParameterError("documents must be a list of strings")
-        return {"model_path": self.params.model_path, "yes_token_id": yes_token_id,
-                "no_token_id": no_token_id,
-                "tokenizer": tokenizer if tokenizer is not None else self.tokenizer}
-
-    def _rerank_plan(self, query: str, documents: Sequence[str], instruction: str | None,
-                     ids: tuple[int, int]
-                     ) -> tuple[list[_Run], Callable[[list[np.ndarray]], float]]:
-        """A logits run per document, and how one run's logits become its score."""
-        yes, no = ids
-        prompts = [f"{RERANK_SYSTEM}\n<Instruct>: {instruction or RERANK_INSTRUCTION}\n"
-                   f"<Query>: {query}\n<Document>: {document}" for document in documents]
-
-        def read(arrays: list[np.ndarray]) -> float:
-            if not arrays:
-                raise RunError("the runtime returned no logits for this input")
-            row = arrays[-1][-1]
-            if not (0 <= yes < row.shape[0] and 0 <= no < row.shape[0]):
-                raise InvalidParameterError(
-                    f"yes/no token ids ({yes}, {no}) are outside the vocabulary ({row.shape[0]})")
-            diff = float(row[no]) - float(row[yes])
-            return 1.0 / (1.0 + math.exp(min(diff, 700.0)))
-
-        return self._independent_runs("logits", prompts), read
-
-    # -- LoRA, prompt cache, KV cache, templates, tools, cross attention ---------------------
-
-    def load_lora(self, path: str | os.PathLike[str], name: str, scale: float = 1.0) -> None:
-        """Load a LoRA adapter; select it per run with ``generate(..., lora=name)``.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> d = pathlib.Path(tempfile.mkdtemp())
-            >>> _ = (d / "m.scripted").write_text(
-            ...     'RKLLM-SCRIPTED 1\\nwhen lora pirate reply "Arr!"\\ndefault reply "Hello."\\n')
-            >>> _ = (d / "pirate.gguf").write_bytes(b"adapter")
-            >>> with RKLLM(d / "m.scripted", library="host", max_context_len=512) as llm:
-            ...     llm.load_lora(d / "pirate.gguf", "pirate")
-            ...     llm.generate("Hi", lora="pirate").text
-            'Arr!'
-        """
-        _readable_file(path, "LoRA adapter")
-        check_text(name, "LoRA name")
-        if not _is_number(scale) or not math.isfinite(scale):
-            raise InvalidParameterError(f"LoRA scale must be a finite number, got {scale!r}")
-        adapter = self.lib.family.struct("RKLLMLoraAdapter")(
-            os.fsencode(path), name.encode(), scale)
-        code = self._live.call(lambda h: self.lib.load_lora(h, ctypes.byref(adapter)),
-                               "load_lora()")
-        check_return_code(
-            code, f"rkllm_load_lora({path})",
-            "the adapter must be a LoRA exported for this model (.rkllm or GGUF LoRA)")
-
-    def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
-        """Load a prompt cache saved by ``generate(..., save_prompt_cache=path)``.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> d = pathlib.Path(tempfile.mkdtemp())
-            >>> _ = (d / "m.scripted").write_text('RKLLM-SCRIPTED 1\\n')
-            >>> with RKLLM(d / "m.scripted", library="host", runtime_version="1.3.0",
-            ...            max_context_len=512) as llm:
-            ...     _ = llm.generate("Hello", save_prompt_cache=d / "cache.bin")
-            ...     llm.load_prompt_cache(d / "cache.bin")
-            ...     llm.release_prompt_cache()
-        """
-        _readable_file(path, "prompt cache")
-        raw = os.fsencode(path)
-        code = self._live.call(lambda h: self.lib.load_prompt_cache(h, raw),
-                               "load_prompt_cache()")
-        check_return_code(code, f"rkllm_load_prompt_cache({path})",
-                          "the file must be a prompt cache saved by this model and runtime")
-
-    def release_prompt_cache(self) -> None:
-        """Drop the loaded prompt cache (do this before loading another one).
-
-        Example: see :meth:`load_prompt_cache`.
-        """
-        code = self._live.call(self.lib.release_prompt_cache, "release_prompt_cache()")
-        check_return_code(code, "rkllm_release_prompt_cache", "no prompt cache was loaded")
-
-    def clear_kv_cache(self, keep_system_prompt: bool = False,
-                       ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None) -> None:
-        """Clear the KV cache (1.2.0+), keeping the system prompt if asked, or only the
-        ``[start, end)`` position ``ranges`` (1.2.1+; one range per batch).
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     _ = llm.generate("Hello", keep_history=True)
-            ...     llm.clear_kv_cache()
-            ...     llm.kv_cache_size
-            0
-        """
-        if ranges is None:
-            op = ClearKVCache(keep_system_prompt)
-        else:
-            pairs = [ranges] if isinstance(ranges, tuple) else list(ranges)
-            if len(pairs) != 1 or len(pairs[0]) != 2:
-                raise InvalidParameterError(
-                    "ranges must be one (start, end) pair with 0 <= start < end")
-            op = ClearKVCache(keep_system_prompt, pairs[0][0], pairs[0][1])
-        self._live.call(self._builder.setup_call(op), "clear_kv_cache()")
-
-    @property
-    def kv_cache_size(self) -> int:
-        """Positions currently in the KV cache (runtime 1.2.1+).
-
-        Example: see :meth:`clear_kv_cache`.
-        """
-        size: int = self._live.call(self._builder.setup_call(ReadKVCacheSize()), "kv_cache_size")
-        return size
-
-    def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
-        """Replace the model's chat template (1.2.0+). Clears the KV cache and switches off
-        ``enable_thinking`` and tool handling; ``("", "", "")`` sends prompts raw.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     llm.set_chat_template("", "", "")
-        """
-        self._live.call(self._builder.setup_call(SetChatTemplate(system, prefix, postfix)),
-                        "set_chat_template()")
-
-    def set_function_tools(self, system: str, tools: Sequence[dict[str, Any]] | str,
-                           tool_response_str: str = "tool_response") -> None:
-        """Give the model's chat template a system prompt and tools (1.2.1+).
-
-        ``tools`` is a list of OpenAI-style function dicts or their JSON. Needs the model's own
-        template: do not combine with :meth:`set_chat_template`. Send tool results with
-        ``generate(result_json, role="tool")``.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nwhen contains "weather" tools yes '
-            ...                     'reply "<tool_call>get_weather</tool_call>"\\n')
-            >>> tools = [{"type": "function", "function": {"name": "get_weather",
-            ...           "parameters": {"type": "object", "properties": {}}}}]
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     llm.set_function_tools("You are helpful.", tools)
-            ...     llm.generate("What is the weather?").text
-            '<tool_call>get_weather</tool_call>'
-        """
-        if isinstance(tools, str):
-            try:
-                parsed = json.loads(tools)
-            except json.JSONDecodeError as exc:
-                raise InvalidParameterError(f"tools is not valid JSON: {exc}") from exc
-        else:
-            parsed = list(tools)
-        if not isinstance(parsed, list) or not all(isinstance(t, dict) for t in parsed):
-            raise InvalidParameterError("tools must be a JSON array of function objects")
-        try:
-            tools_json = json.dumps(parsed, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidParameterError(
-                f"tools cannot be written as JSON ({exc}): use only dicts, lists, strings, "
-                "numbers, booleans and None in the function schemas") from exc
-        step = SetFunctionTools(system, tools_json, tool_response_str)
-        self._live.call(self._builder.setup_call(step), "set_function_tools()")
-
-    def set_cross_attn_params(self, encoder_k_cache: np.ndarray, encoder_v_cache: np.ndarray,
-                              encoder_mask: np.ndarray, encoder_pos: np.ndarray) -> None:
-        """Set encoder K/V caches for a cross-attention model (1.2.1+, ``use_cross_attn``).
-
-        K is float32 ``[layers][tokens][kv_heads][head_dim]``, V
-        ``[layers][kv_heads][head_dim][tokens]``, mask float32 ``[tokens]``, pos int32
-        ``[tokens]``. The arrays are kept alive by this object until the next call.
-
-        Example:
-            >>> import numpy as np, tempfile, pathlib
-            >>> from rkllm_core import RKLLM, ExtendParams
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512,
-            ...            extend=ExtendParams(use_cross_attn=True)) as llm:
-            ...     kv = np.zeros((1, 2, 1, 4), dtype=np.float32)
-            ...     llm.set_cross_attn_params(kv, kv, np.ones(2, np.float32), np.arange(2))
-        """
-        require_capability(self.lib, "cross_attention", "set_cross_attn_params()")
-        k = np.ascontiguousarray(encoder_k_cache, dtype=np.float32)
-        v = np.ascontiguousarray(encoder_v_cache, dtype=np.float32)
-        mask = np.ascontiguousarray(encoder_mask, dtype=np.float32)
-        pos = np.ascontiguousarray(encoder_pos, dtype=np.int32)
-        n = int(pos.shape[0]) if pos.ndim == 1 else -1
-        if n <= 0 or mask.shape != (n,) or k.size != v.size or k.size % n:
-            raise InvalidParameterError(
-                "encoder_pos and encoder_mask must be 1-D with one entry per encoder token, and "
-                "the K and V caches the same size, a multiple of the token count")
-        fp = ctypes.POINTER(ctypes.c_float)
-        params = self.lib.family.struct("RKLLMCrossAttnParam")(
-            k.ctypes.data_as(fp), v.ctypes.data_as(fp), mask.ctypes.data_as(fp),
-            pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n)
-        code = self._live.call(lambda h: self.lib.set_cross_attn_params(h, ctypes.byref(params)),
-                               "set_cross_attn_params()")
-        check_return_code(code, "rkllm_set_cross_attn_params",
-                          "the model must be loaded with ExtendParams(use_cross_attn=True)")
-        self._cross_attn_keep = [k, v, mask, pos, params]  # the runtime may keep the pointers
-
-
-def _unless_ended_early(previous: _Run) -> Callable[[Any], None]:
-    """A ``before`` hook: refuse to start when ``previous`` (the run queued just before, of
-    the same call) was aborted or failed."""
-
-    def check(handle: Any) -> None:
-        if previous.abort_reason is not None or previous.error is not None \
-                or previous.runtime_error or previous.return_code != 0:
-            raise RKLLMError("not started: an earlier run of the same call ended early")
-
-    return check
-
-
-def _drop_unfinished(worker: RunWorker, runs: list[_Run]) -> None:
-    """Take a call's runs that have not started off the queue (the last first, so none of
-    them starts meanwhile), then abort the one in flight."""
-    for run in reversed(runs):
-        if run.state in ("queued", "running"):
-            worker.abort_run(run, "abort")
-
-
-def _stacked(rows: list[np.ndarray]) -> np.ndarray:
-    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def _tokenizer_callback(lib: RuntimeLibrary, tokenizer: Tokenizer) -> Any:
