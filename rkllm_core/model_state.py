@@ -12,11 +12,11 @@ Example:
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
     >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hello."\\n')
     >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-    ...     _ = llm.generate("Hi", keep_history=True)
-    ...     kept = llm.kv_cache_size > 0
-    ...     llm.clear_kv_cache()
-    ...     kept, llm.kv_cache_size
-    (True, 0)
+    ...     llm.set_chat_template("You are terse.", "<user>", "</user>")
+    ...     before = llm.kv_cache_size
+    ...     reply = llm.generate("Hi", keep_history=True).text
+    ...     before, reply, llm.kv_cache_size > before
+    (0, 'Hello.', True)
 """
 
 from __future__ import annotations
