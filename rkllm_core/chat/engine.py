@@ -1050,12 +1050,13 @@ class AsyncChatStream(_ChatStreamBase):
         >>> from rkllm_core.chat import ChatEngine, ChatMessage
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
         >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> async def main() -> str:
+        >>> async def main() -> tuple[str, str]:
         ...     with RKLLM(path, library="host", max_context_len=512) as llm:
         ...         stream = ChatEngine(llm).astream([ChatMessage.user("Hello")])
-        ...         return "".join([chunk.content async for chunk in stream])
+        ...         text = "".join([chunk.content async for chunk in stream])
+        ...         return text, stream.result.finish_reason
         >>> asyncio.run(main())
-        'Hi there.'
+        ('Hi there.', 'stop')
     """
 
     async def _iterate(self) -> AsyncIterator[ChatChunk]:
