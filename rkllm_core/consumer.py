@@ -4,7 +4,8 @@ A run, wherever it executes, hands its consumer the items of one protocol throug
 :class:`~rkllm_core.streaming.Channel`: :class:`~rkllm_core.results.StreamChunk` s, then either a
 done item with the :class:`~rkllm_core.results.GenerationResult` or a failure with the exception,
 then the channel's end. The in-process model's worker puts them there itself
-(:mod:`rkllm_core.streams`). Each side supplies a :class:`RunSource` with only what differs:
+(:mod:`rkllm_core.streams`); the isolated parent's reader turns the child's messages into them
+(:mod:`rkllm_core.isolated`). Each side supplies a :class:`RunSource` with only what differs:
 how to abort the run, what "wedged" means, and how much later than the run's own clock it may
 act (``margin``). The rules are here, once:
 
@@ -23,15 +24,16 @@ act (``margin``). The rules are here, once:
 
 Example:
     >>> import tempfile, pathlib
-    >>> from rkllm_core import RKLLM
+    >>> from rkllm_core import IsolatedRKLLM, RKLLM
     >>> from rkllm_core.consumer import RunStream
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
     >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two"\\n')
-    >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-    ...     stream = llm.stream("count")
-    ...     texts = [chunk.text for chunk in stream]
-    >>> isinstance(stream, RunStream), texts
-    (True, ['one', ' two'])
+    >>> with RKLLM(path, library="host", max_context_len=512) as here, \\
+    ...         IsolatedRKLLM(path, library="host", max_context_len=512) as there:
+    ...     streams = [here.stream("count"), there.stream("count")]
+    ...     texts = [[chunk.text for chunk in stream] for stream in streams]
+    >>> [isinstance(s, RunStream) for s in streams], texts
+    ([True, True], [['one', ' two'], ['one', ' two']])
 """
 
 from __future__ import annotations
@@ -137,9 +139,9 @@ class _Consumer:
 
     @property
     def text(self) -> str:
-        """The text streamed so far.
+        """The text the run has produced so far: the chunks handed out and those waiting.
 
-        Example: ``stream.text`` after a few chunks (see :meth:`RunStream.close`).
+        Example: ``stream.text`` after a few chunks (see :class:`RunStream`).
         """
         return self._source.text
 
@@ -175,7 +177,7 @@ class _Consumer:
                 try:
                     self._on_chunk(item)
                 except BaseException:
-                    self._source.abort("abort")
+                    self._interrupted()
                     raise
             return item
         if item is Channel.END:
@@ -194,7 +196,7 @@ class _Consumer:
         return _with_partial_text(error, self._source.text)
 
     def _interrupted(self) -> None:
-        """The consumer left while waiting (Ctrl-C, a cancelled task): stop the run."""
+        """The consumer left (Ctrl-C, a cancelled task, ``on_chunk`` raised): stop the run."""
         self._source.abort("abort")
 
     def _time_is_up(self) -> bool:

@@ -10,31 +10,28 @@ embeddings and the KV cache. When the child dies, the calls in flight raise
 is killed and the call raises :class:`~rkllm_core.errors.ModelWedgedError`. Either way the next
 call starts a new child (with an empty KV cache) and answers.
 
+The pieces: :mod:`rkllm_core.isolated_protocol` (the messages), :mod:`rkllm_core.isolated_child`
+(the child's side), :mod:`rkllm_core.isolated_process` (the parent's handle on one child), and
+the stream consumer of :mod:`rkllm_core.consumer`, which the in-process model shares.
+
 Example: see :class:`IsolatedRKLLM` (it kills the child mid-session and keeps answering).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from multiprocessing.connection import Connection
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from rkllm_core.abi import Capabilities, get_family
+from rkllm_core.consumer import AsyncRunStream, RunSource, RunState, RunStream, adrive, drive
 from rkllm_core.errors import (
     InvalidParameterError,
     ModelClosedError,
@@ -42,6 +39,9 @@ from rkllm_core.errors import (
     RKLLMError,
     RuntimeCrashedError,
 )
+from rkllm_core.isolated_process import ChildProcess, Pending
+from rkllm_core.isolated_protocol import Abort, AsyncCall, Call, Cancel, Run, Value
+from rkllm_core.results import GenerationResult, RuntimeInfo, StreamChunk
 from rkllm_core.streaming import Channel
 
 logger = logging.getLogger("rkllm_core")
@@ -50,466 +50,99 @@ logger = logging.getLogger("rkllm_core")
 START_TIMEOUT = 120.0
 #: Seconds a run may take to end after an abort before the child is killed as wedged.
 ABORT_GRACE = 10.0
-#: Seconds on top, for the child to report its own timeout before the parent gives up on it.
-_MARGIN = 2.0
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: Seconds the parent waits beyond the child's own clock, for the child's report to arrive.
+CHILD_MARGIN = 2.0
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "it stopped answering"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RKLLMError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-# ---------------------------------------------------------------------------------------------
-# The child process
-
-
-def _child_main(read_fd: int, write_fd: int) -> None:
-    """Entry point of the child: load the model, then serve requests until EOF or "close"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it aborts)
-    incoming = Connection(read_fd, writable=False)
-    outgoing = Connection(write_fd, readable=False)
-    send_lock = threading.Lock()
-
-    def send(message: tuple[Any, ...]) -> None:
-        # a parent that is gone has nobody to tell
-        with send_lock, contextlib.suppress(OSError, ValueError):
-            outgoing.send(message)
-
-    from rkllm_core.model import RKLLM
-
-    try:
-        _, init_kwargs = incoming.recv()
-        llm = RKLLM(**init_kwargs)
-    except BaseException as exc:
-        send(("failed", _picklable(exc)))
-        return
-    send(("ready", llm.runtime_info, os.getpid(), llm.params))
-    streams: dict[int, Any] = {}
-    servers: list[threading.Thread] = []
-    # async calls (aembed, arerank) run on a loop of their own, so a "cancel" from the parent
-    # cancels them as a cancelled task would in one process: the runtime is aborted
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True, name="rkllm-child-loop").start()
-    async_calls: dict[int, concurrent.futures.Future[Any]] = {}
-
-    def serve_stream(rid: int, stream: Any) -> None:
-        try:
-            for _chunk in stream:
-                pass  # each chunk was sent from the runtime's callback (forward_from)
-            send(("done", rid, stream.result))
-        except BaseException as exc:
-            send(("error", rid, _picklable(exc)))
-        finally:
-            streams.pop(rid, None)
-
-    def forward_from(rid: int) -> Callable[[Any], None]:
-        def forward(chunk: Any) -> None:
-            # written to the pipe inside the runtime's callback, before the runtime goes on:
-            # if it crashes right after, the parent still has every token it emitted
-            send(("chunk", rid, chunk.text, chunk.token_id))
-        return forward
-
-    def serve_call(rid: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            if method == "kv_cache_size":
-                value = llm.kv_cache_size
-            else:
-                value = getattr(llm, method)(*args, **kwargs)
-            send(("value", rid, value))
-        except BaseException as exc:
-            send(("error", rid, _picklable(exc)))
-
-    def serve_async_call(rid: int, method: str, args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> None:
-        try:
-            call = asyncio.run_coroutine_threadsafe(getattr(llm, method)(*args, **kwargs), loop)
-        except BaseException as exc:
-            send(("error", rid, _picklable(exc)))
-            return
-        async_calls[rid] = call
-
-        def done(future: concurrent.futures.Future[Any]) -> None:
-            async_calls.pop(rid, None)
-            if future.cancelled():
-                send(("error", rid, RKLLMError(f"{method} was cancelled")))
-            elif future.exception() is not None:
-                send(("error", rid, _picklable(future.exception())))  # type: ignore[arg-type]
-            else:
-                send(("value", rid, future.result()))
-        call.add_done_callback(done)
-
-    try:
-        while True:
-            try:
-                message = incoming.recv()
-            except (EOFError, OSError):
-                return  # the parent died or closed us
-            kind = message[0]
-            if kind == "close":
-                return
-            if kind == "run":
-                _, rid, kwargs = message
-                try:
-                    # queued now: runs keep the callers' order
-                    stream = llm.stream(on_token=forward_from(rid), **kwargs)
-                except BaseException as exc:
-                    send(("error", rid, _picklable(exc)))
-                    continue
-                streams[rid] = stream
-                server = threading.Thread(target=serve_stream, args=(rid, stream), daemon=True,
-                                          name=f"rkllm-child-run-{rid}")
-                server.start()
-                servers[:] = [t for t in servers if t.is_alive()] + [server]
-            elif kind == "abort":
-                target = streams.get(message[1])
-                if target is not None:
-                    target.abort()
-            elif kind == "call":
-                _, rid, method, args, kwargs = message
-                threading.Thread(target=serve_call, args=(rid, method, args, kwargs),
-                                 daemon=True, name=f"rkllm-child-call-{rid}").start()
-            elif kind == "acall":
-                _, rid, method, args, kwargs = message
-                serve_async_call(rid, method, args, kwargs)
-            elif kind == "cancel":
-                pending = async_calls.get(message[1])
-                if pending is not None:
-                    pending.cancel()
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        llm.close()  # aborts the run in flight and fails the queued ones
-        for server in servers:  # so that each reports its end before the process exits
-            server.join(timeout=5)
-
-
-# ---------------------------------------------------------------------------------------------
-# The parent's side
-
-
-class _Child:
-    """One child process, its pipes, and the reader thread that routes its replies."""
-
-    def __init__(self, init_kwargs: dict[str, Any], start_timeout: float) -> None:
-        parent_read, child_write = os.pipe()
-        child_read, parent_write = os.pipe()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        code = (f"from rkllm_core.isolated import _child_main; "
-                f"_child_main({child_read}, {child_write})")
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=(child_read, child_write),
-                stdin=subprocess.DEVNULL, env=env)
-        finally:
-            os.close(child_read)
-            os.close(child_write)
-        self._out = Connection(parent_write, readable=False)
-        self._in = Connection(parent_read, writable=False)
-        self._send_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._pending: dict[int, Channel[tuple[Any, ...]]] = {}
-        self.dead: RKLLMError | None = None
-        self.closing = False
-        self.pid = self.process.pid
-        try:
-            self.send(("init", init_kwargs))
-            if not self._in.poll(start_timeout):
-                raise RuntimeCrashedError(
-                    f"the runtime process did not load the model within {start_timeout} s")
-            reply = self._in.recv()
-        except (EOFError, OSError) as exc:
-            self._abandon()
-            raise RuntimeCrashedError(
-                f"the runtime process died while loading the model "
-                f"({_describe_exit(self.process.returncode)})") from exc
-        except BaseException:
-            self._abandon()
-            raise
-        if reply[0] == "failed":
-            self._abandon()
-            raise reply[1]
-        _, self.info, _pid, self.params = reply
-        self._reader = threading.Thread(target=self._read, name="rkllm-isolated-reader",
-                                        daemon=True)
-        self._reader.start()
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        with self._send_lock:
-            try:
-                self._out.send(message)
-            except (OSError, ValueError) as exc:
-                self.condemn(RuntimeCrashedError(
-                    "the runtime process is gone; the next call starts a new one"))
-                assert self.dead is not None
-                raise self.dead from exc
-
-    def condemn(self, error: RKLLMError) -> None:
-        """Mark the child unusable (the first reason wins) and kill it."""
-        with self._lock:
-            if self.dead is None:
-                self.dead = error
-        self.kill()
-
-    def open(self, rid: int) -> Channel[tuple[Any, ...]]:
-        channel: Channel[tuple[Any, ...]] = Channel()
-        with self._lock:
-            if self.dead is not None:
-                raise self.dead
-            self._pending[rid] = channel
-        return channel
-
-    def forget(self, rid: int) -> None:
-        with self._lock:
-            self._pending.pop(rid, None)
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._in.recv()
-            except (EOFError, OSError):
-                break
-            with self._lock:
-                channel = self._pending.get(message[1])
-            if channel is not None:
-                channel.put(message)
-                if message[0] in ("done", "error", "value"):
-                    channel.close()
-        try:
-            code = self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        crash: RKLLMError = RuntimeCrashedError(
-            f"the runtime process (pid {self.pid}) died: {_describe_exit(code)}. A crash in "
-            "librkllmrt (e.g. rknn-llm issue 522) or a kill; the next call starts a new "
-            "process, with an empty KV cache")
-        if self.closing:
-            crash = ModelClosedError("the model was closed while this call was waiting")
-        with self._lock:
-            self.dead = self.dead or crash
-            pending, self._pending = list(self._pending.values()), {}
-        for channel in pending:
-            channel.put(("crash", -1, self.dead))
-            channel.close()
-        self._in.close()
-
-    def _abandon(self) -> None:
-        """A child that never became ready: end it and close our ends of its pipes."""
-        self.kill()
-        self._out.close()
-        self._in.close()
-
-    def kill(self) -> None:
-        """End the process at once (a wedged runtime cannot be asked)."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def stop(self, grace: float) -> None:
-        """Ask the child to close the model and exit; kill it after ``grace`` seconds."""
-        self.closing = True
-        with contextlib.suppress(RKLLMError):
-            self.send(("close",))
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            logger.error("the runtime process did not exit within %s s: killing it", grace)
-            self.kill()
-        with self._send_lock:
-            self._out.close()
-        reader = getattr(self, "_reader", None)
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(timeout=5)
-
-
-def _stop_child(holder: list[_Child | None], grace: float) -> None:
+def _stop_child(holder: list[ChildProcess | None], grace: float) -> None:
     child, holder[0] = holder[0], None
     if child is not None:
         child.stop(grace)
 
 
-class _IsolatedStreamBase:
-    def __init__(self, owner: IsolatedRKLLM, child: _Child, rid: int,
-                 channel: Channel[tuple[Any, ...]], timeout: float | None,
-                 on_token: Callable[[Any], object] | None = None) -> None:
-        self._owner = owner
-        self._child = child
-        self._rid = rid
-        self._channel = channel
-        self._deadline = None if timeout is None else \
-            time.monotonic() + timeout + owner.abort_grace + _MARGIN
-        self._on_token = on_token
-        self._parts: list[str] = []
-        self._result: Any = None
-        self._finished = False
+class _ChildRun(RunSource):
+    """A run in the child process: it times itself out and reports its own wedge; the parent
+    acts ``CHILD_MARGIN`` later, and a wedge (the child's or ours) costs the child."""
 
-    @property
-    def result(self) -> Any:
-        """The :class:`~rkllm_core.GenerationResult` once the stream was consumed."""
-        if self._result is None:
-            raise RKLLMError("the run has not finished: iterate the stream to its end first")
-        return self._result
+    margin = CHILD_MARGIN
+
+    def __init__(
+        self,
+        child: ChildProcess,
+        rid: int,
+        pending: Pending,
+        abort_grace: float,
+        on_token: Callable[[StreamChunk], object] | None,
+    ) -> None:
+        self.child = child
+        self.rid = rid
+        self.channel = pending.channel
+        self.parts = pending.parts  # the reader adds each chunk's text as it arrives
+        self.grace = abort_grace
+        self.on_chunk = on_token  # runs in this process, in the consumer's thread
 
     @property
     def text(self) -> str:
-        """The text streamed so far."""
-        return "".join(self._parts)
+        return "".join(self.parts)
 
-    def abort(self) -> None:
-        """Ask the run to stop; does not wait."""
-        if not self._finished:
-            with contextlib.suppress(RKLLMError):
-                self._child.send(("abort", self._rid))
+    def abort(self, reason: Literal["abort", "timeout"]) -> RunState:
+        with contextlib.suppress(RKLLMError):  # a dead child has nothing left to abort
+            self.child.send(Abort(self.rid))
+        return "running"  # as far as this process knows
 
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def _accept(self, message: Any) -> Any:
-        """A StreamChunk to hand out, or None to read on; raises at the end."""
-        from rkllm_core.model import StreamChunk
-
-        if message is Channel.END:
-            self._end()
-            raise StopIteration
-        kind = message[0]
-        if kind == "chunk":
-            chunk = StreamChunk(message[2], message[3])
-            self._parts.append(chunk.text)
-            if self._on_token is not None:
-                self._on_token(chunk)
-            return chunk
-        if kind == "done":
-            self._result = message[2]
-            return None
-        self._end()
-        error = message[2]
-        if kind == "crash" and isinstance(error, RuntimeCrashedError):
-            raise type(error)(str(error), partial_text=self.text)
-        if isinstance(error, ModelWedgedError):
-            self._owner._discard(self._child, error)  # it ignored rkllm_abort: restart it
-        raise error
-
-    def _wedged(self) -> ModelWedgedError:
-        self._end()
-        error = ModelWedgedError(
-            f"the runtime process (pid {self._child.pid}) did not answer within the run's "
-            "timeout plus the abort grace: it was killed, and the next call starts a new one",
-            partial_text=self.text)
-        self._owner._discard(self._child, error)
+    def wedged(self, error: ModelWedgedError | None) -> ModelWedgedError:
+        if error is None:
+            error = ModelWedgedError(
+                f"the runtime process (pid {self.child.pid}) did not end the run within "
+                f"{self.grace + self.margin} s of its abort: it was killed, and the next call "
+                "starts a new one"
+            )
+        self.child.condemn(error)  # the next call starts a new child
         return error
 
-    def _end(self) -> None:
-        self._finished = True
-        self._child.forget(self._rid)
 
-    def __del__(self) -> None:
-        if not getattr(self, "_finished", True):
-            self.abort()
+class IsolatedTextStream(RunStream):
+    """The chunks of one run in the child process; see :meth:`IsolatedRKLLM.stream`.
 
+    Its rules (close, abort, timeouts, partial text) are :class:`~rkllm_core.consumer.RunStream`'s,
+    the same as :class:`~rkllm_core.TextStream`'s; only each wait is ``CHILD_MARGIN`` longer, and
+    a wedged run costs the child.
 
-class IsolatedTextStream(_IsolatedStreamBase):
-    """The chunks of one run in the child process; see :meth:`IsolatedRKLLM.stream`."""
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core import IsolatedRKLLM
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
+        >>> with IsolatedRKLLM(path, library="host", max_context_len=512) as llm:
+        ...     with llm.stream("go") as stream:
+        ...         first = next(stream).text
+        >>> first, stream.result.finish_reason in ("abort", "stop"), stream.text.startswith("a")
+        ('a', True, True)
+    """
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        try:
-            while True:
-                try:
-                    message = self._channel.get(self._remaining())
-                except TimeoutError:
-                    raise self._wedged() from None
-                chunk = self._accept(message)
-                if chunk is not None:
-                    return chunk
-        except (StopIteration, RKLLMError):
-            raise
-        except BaseException:
-            self.abort()  # Ctrl-C, or on_token raised
-            self._end()
-            raise
-
-    def close(self) -> None:
-        """Abort the run if it is still going and wait for its end."""
-        if self._finished:
-            return
-        self.abort()
-        deadline = time.monotonic() + self._owner.abort_grace + _MARGIN
-        try:
-            while (message := self._channel.get(max(0.0, deadline - time.monotonic()))) \
-                    is not Channel.END:
-                if message[0] == "done":
-                    self._result = message[2]
-        except TimeoutError:
-            raise self._wedged() from None
-        self._end()
-
-    def __enter__(self) -> IsolatedTextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __init__(self, owner: IsolatedRKLLM, source: _ChildRun, timeout: float | None) -> None:
+        super().__init__(source, timeout, owner)
 
 
-class AsyncIsolatedTextStream(_IsolatedStreamBase):
-    """The asyncio twin of :class:`IsolatedTextStream`; never blocks the event loop."""
+class AsyncIsolatedTextStream(AsyncRunStream):
+    """The asyncio twin of :class:`IsolatedTextStream`; never blocks the event loop.
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
+    Example:
+        >>> import asyncio, tempfile, pathlib
+        >>> from rkllm_core import IsolatedRKLLM
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two"\\n')
+        >>> async def main() -> tuple[list[str], str]:
+        ...     with IsolatedRKLLM(path, library="host", max_context_len=512) as llm:
+        ...         async with llm.astream("count") as stream:
+        ...             pieces = [chunk.text async for chunk in stream]
+        ...         return pieces, stream.result.finish_reason
+        >>> asyncio.run(main())
+        (['one', ' two'], 'stop')
+    """
 
-    async def __anext__(self) -> Any:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            while True:
-                try:
-                    message = await self._channel.aget(self._remaining())
-                except TimeoutError:
-                    raise self._wedged() from None
-                chunk = self._accept(message)
-                if chunk is not None:
-                    return chunk
-        except StopIteration:
-            raise StopAsyncIteration from None
-        except RKLLMError:
-            raise
-        except BaseException:
-            self.abort()  # cancelled
-            self._end()
-            raise
-
-    async def aclose(self) -> None:
-        """Abort the run if it is still going and wait (asynchronously) for its end."""
-        if self._finished:
-            return
-        self.abort()
-        try:
-            while (message := await self._channel.aget(self._owner.abort_grace + _MARGIN)) \
-                    is not Channel.END:
-                if message[0] == "done":
-                    self._result = message[2]
-        except TimeoutError:
-            raise self._wedged() from None
-        self._end()
+    def __init__(self, owner: IsolatedRKLLM, source: _ChildRun, timeout: float | None) -> None:
+        super().__init__(source, timeout, owner)
 
 
 class IsolatedRKLLM:
@@ -583,45 +216,46 @@ class IsolatedRKLLM:
         if library is not None and not isinstance(library, (str, os.PathLike)):
             raise InvalidParameterError(
                 "IsolatedRKLLM opens the library in its child process: pass library= as None, "
-                "a path or 'host', not a loaded RuntimeLibrary")
+                "a path or 'host', not a loaded RuntimeLibrary"
+            )
         if not isinstance(abort_grace, (int, float)) or not abort_grace > 0:
             raise InvalidParameterError(f"abort_grace must be > 0 seconds, got {abort_grace!r}")
         self.abort_grace = float(abort_grace)
         self.start_timeout = float(start_timeout)
         self._init_kwargs: dict[str, Any] = dict(
-            rkllm_kwargs, model_path=model_path, library=library,
-            runtime_version=runtime_version, abort_grace=self.abort_grace)
+            rkllm_kwargs,
+            model_path=model_path,
+            library=library,
+            runtime_version=runtime_version,
+            abort_grace=self.abort_grace,
+        )
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
-        self._holder: list[_Child | None] = [None]
+        self._holder: list[ChildProcess | None] = [None]
         self._finalizer = weakref.finalize(self, _stop_child, self._holder, self.abort_grace)
         self._current()  # load now, so a bad model fails here, like RKLLM
 
     # -- the child ---------------------------------------------------------------------------
 
-    def _current(self) -> _Child:
+    def _current(self) -> ChildProcess:
         with self._lock:
             if self._closed:
                 raise ModelClosedError(
-                    "the model is closed: create a new IsolatedRKLLM to run it again")
+                    "the model is closed: create a new IsolatedRKLLM to run it again"
+                )
             child = self._holder[0]
             if child is not None and child.dead is None:
                 return child
             if child is not None:
                 self.restarts += 1
-                logger.warning("restarting the runtime process (the last one %s)",
-                               child.dead)
+                logger.warning("restarting the runtime process (the last one %s)", child.dead)
                 threading.Thread(target=child.stop, args=(1.0,), daemon=True).start()
             self._holder[0] = None
-            child = _Child(self._init_kwargs, self.start_timeout)
+            child = ChildProcess(self._init_kwargs, self.start_timeout)
             self._holder[0] = child
             return child
-
-    def _discard(self, child: _Child, error: RKLLMError) -> None:
-        """Kill a wedged child; the next call starts a new one."""
-        child.condemn(error)
 
     @property
     def pid(self) -> int:
@@ -651,8 +285,12 @@ class IsolatedRKLLM:
     def __enter__(self) -> IsolatedRKLLM:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -660,7 +298,7 @@ class IsolatedRKLLM:
         return f"IsolatedRKLLM({str(self._init_kwargs['model_path'])!r}, {state})"
 
     @property
-    def runtime_info(self) -> Any:
+    def runtime_info(self) -> RuntimeInfo:
         """The child's :class:`~rkllm_core.model.RuntimeInfo`.
 
         Example: ``llm.runtime_info.release``.
@@ -685,128 +323,149 @@ class IsolatedRKLLM:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _start(self, kwargs: dict[str, Any]) -> tuple[_Child, int, Channel[tuple[Any, ...]]]:
+    def _start(
+        self, kwargs: dict[str, Any], on_token: Callable[[StreamChunk], object] | None = None
+    ) -> _ChildRun:
         if "before" in kwargs:
             raise InvalidParameterError(
                 "before= hooks need the native handle, which lives in the child process: use "
-                "RKLLM for them")
+                "RKLLM for them"
+            )
         try:
             pickle.dumps(kwargs)
         except Exception as exc:
             raise InvalidParameterError(
-                f"the arguments must be picklable to reach the child process: {exc}") from exc
+                f"the arguments must be picklable to reach the child process: {exc}"
+            ) from exc
         child = self._current()
         rid = next(self._ids)
-        channel = child.open(rid)
+        pending = child.open(rid)
         try:
-            child.send(("run", rid, kwargs))
+            child.send(Run(rid, kwargs))
         except BaseException:
             child.forget(rid)
             raise
-        return child, rid, channel
+        return _ChildRun(child, rid, pending, self.abort_grace, on_token)
 
-    def _call(self, method: str, args: tuple[Any, ...] = (),
-              kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         child = self._current()
         rid = next(self._ids)
-        channel = child.open(rid)
+        channel = child.open(rid).channel
         try:
-            child.send(("call", rid, method, args, kwargs or {}))
-            limit = None if timeout is None else timeout + self.abort_grace + _MARGIN
+            child.send(Call(rid, method, args, kwargs or {}))
             try:
-                message = channel.get(limit)
+                item = channel.get(self._call_limit(timeout))
             except TimeoutError:
-                error = ModelWedgedError(
-                    f"{method} got no answer from the runtime process within {limit} s: it was "
-                    "killed, and the next call starts a new one")
-                self._discard(child, error)
-                raise error from None
+                raise self._unanswered(child, method, timeout) from None
         finally:
             child.forget(rid)
-        return self._answer(child, message)
+        return self._answer(child, item)
 
-    async def _acall(self, method: str, args: tuple[Any, ...] = (),
-                     kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+    async def _acall(
+        self,
+        method: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """:meth:`_call` of an async method in the child, never blocking the event loop; a
         cancelled caller cancels the call in the child, which aborts its runs there."""
         child = self._current()
         rid = next(self._ids)
-        channel = child.open(rid)
+        channel = child.open(rid).channel
         try:
-            child.send(("acall", rid, method, args, kwargs or {}))
-            limit = None if timeout is None else timeout + self.abort_grace + _MARGIN
+            child.send(AsyncCall(rid, method, args, kwargs or {}))
             try:
-                message = await channel.aget(limit)
+                item = await channel.aget(self._call_limit(timeout))
             except TimeoutError:
-                error = ModelWedgedError(
-                    f"{method} got no answer from the runtime process within {limit} s: it was "
-                    "killed, and the next call starts a new one")
-                self._discard(child, error)
-                raise error from None
+                raise self._unanswered(child, method, timeout) from None
             except BaseException:
                 with contextlib.suppress(RKLLMError):
-                    child.send(("cancel", rid))
+                    child.send(Cancel(rid))
                 raise
         finally:
             child.forget(rid)
-        return self._answer(child, message)
+        return self._answer(child, item)
 
-    def _answer(self, child: _Child, message: Any) -> Any:
-        if message is Channel.END:
+    def _call_limit(self, timeout: float | None) -> float | None:
+        # the child gives up on the call after timeout + abort_grace; we, CHILD_MARGIN later
+        return None if timeout is None else timeout + self.abort_grace + CHILD_MARGIN
+
+    def _unanswered(
+        self, child: ChildProcess, method: str, timeout: float | None
+    ) -> ModelWedgedError:
+        error = ModelWedgedError(
+            f"{method} got no answer from the runtime process within "
+            f"{self._call_limit(timeout)} s: it was killed, and the next call starts a new one"
+        )
+        child.condemn(error)
+        return error
+
+    def _answer(self, child: ChildProcess, item: Any) -> Any:
+        if isinstance(item, Value):
+            return item.value
+        if item is Channel.END:
             raise RuntimeCrashedError("the runtime process ended before answering")
-        if message[0] == "value":
-            return message[2]
-        if isinstance(message[2], ModelWedgedError):
-            self._discard(child, message[2])
-        raise message[2]
+        error = item.error
+        if isinstance(error, ModelWedgedError):
+            child.condemn(error)  # it ignored rkllm_abort: the next call starts a new child
+        raise error
 
-    def stream(self, prompt: str | None = None, *, timeout: float | None = None,
-               **kwargs: Any) -> IsolatedTextStream:
+    def stream(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> IsolatedTextStream:
         """Like :meth:`RKLLM.stream <rkllm_core.RKLLM.stream>`; the run executes in the child.
 
         Example: ``"".join(c.text for c in llm.stream("Hi"))`` (see the class example).
         """
         kwargs.update(prompt=prompt, timeout=timeout)
-        child, rid, channel = self._start(kwargs)
-        return IsolatedTextStream(self, child, rid, channel, timeout)
+        return IsolatedTextStream(self, self._start(kwargs), timeout)
 
-    def generate(self, prompt: str | None = None, *, timeout: float | None = None,
-                 on_token: Callable[[Any], object] | None = None,
-                 **kwargs: Any) -> Any:
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: float | None = None,
+        on_token: Callable[[StreamChunk], object] | None = None,
+        **kwargs: Any,
+    ) -> GenerationResult:
         """Like :meth:`RKLLM.generate <rkllm_core.RKLLM.generate>`; ``on_token`` runs here.
 
         Example: ``llm.generate("Hi").text`` (see the class example).
         """
         kwargs.update(prompt=prompt, timeout=timeout)
-        child, rid, channel = self._start(kwargs)
-        stream = IsolatedTextStream(self, child, rid, channel, timeout, on_token)
-        for _ in stream:
-            pass
-        return stream.result
+        return drive(IsolatedTextStream(self, self._start(kwargs, on_token), timeout))
 
-    def astream(self, prompt: str | None = None, *, timeout: float | None = None,
-                **kwargs: Any) -> AsyncIsolatedTextStream:
+    def astream(
+        self, prompt: str | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> AsyncIsolatedTextStream:
         """Async :meth:`stream`; cancelling the consuming task aborts the run.
 
         Example: ``[c.text async for c in llm.astream("Hi")]``.
         """
         kwargs.update(prompt=prompt, timeout=timeout)
-        child, rid, channel = self._start(kwargs)
-        return AsyncIsolatedTextStream(self, child, rid, channel, timeout)
+        return AsyncIsolatedTextStream(self, self._start(kwargs), timeout)
 
-    async def agenerate(self, prompt: str | None = None, *, timeout: float | None = None,
-                        on_token: Callable[[Any], object] | None = None,
-                        **kwargs: Any) -> Any:
+    async def agenerate(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: float | None = None,
+        on_token: Callable[[StreamChunk], object] | None = None,
+        **kwargs: Any,
+    ) -> GenerationResult:
         """Async :meth:`generate`; never blocks the event loop.
 
         Example: ``(await llm.agenerate("Hi")).text``.
         """
         kwargs.update(prompt=prompt, timeout=timeout)
-        child, rid, channel = self._start(kwargs)
-        stream = AsyncIsolatedTextStream(self, child, rid, channel, timeout, on_token)
-        async for _ in stream:
-            pass
-        return stream.result
+        return await adrive(AsyncIsolatedTextStream(self, self._start(kwargs, on_token), timeout))
 
     def abort(self) -> bool:
         """Abort the run executing in the child now; False if none was.
@@ -818,41 +477,49 @@ class IsolatedRKLLM:
             return False
         return bool(self._call("abort", timeout=self.abort_grace))
 
-    def embed(self, texts: str | Sequence[str], *, timeout: float | None = None,
-              **kwargs: Any) -> Any:
+    def embed(
+        self, texts: str | Sequence[str], *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Like :meth:`RKLLM.embed <rkllm_core.RKLLM.embed>`: ``(len(texts), dim)`` float32.
 
         Example: ``llm.embed(["a cat", "a dog"]).shape``.
         """
         return self._call("embed", (texts,), dict(kwargs, timeout=timeout), timeout)
 
-    async def aembed(self, texts: str | Sequence[str], *, timeout: float | None = None,
-                     **kwargs: Any) -> Any:
+    async def aembed(
+        self, texts: str | Sequence[str], *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Async :meth:`embed`; cancelling it aborts the batch in the child.
 
         Example: ``(await llm.aembed(["a cat"])).shape``.
         """
         return await self._acall("aembed", (texts,), dict(kwargs, timeout=timeout), timeout)
 
-    def rerank(self, query: str, documents: Sequence[str], *, timeout: float | None = None,
-               **kwargs: Any) -> Any:
+    def rerank(
+        self, query: str, documents: Sequence[str], *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Like :meth:`RKLLM.rerank <rkllm_core.RKLLM.rerank>`: one score per document.
 
         Example: ``llm.rerank("cats?", ["a cat", "a car"], yes_token_id=1, no_token_id=2)``.
         """
         return self._call("rerank", (query, documents), dict(kwargs, timeout=timeout), timeout)
 
-    async def arerank(self, query: str, documents: Sequence[str], *,
-                      timeout: float | None = None, **kwargs: Any) -> Any:
+    async def arerank(
+        self, query: str, documents: Sequence[str], *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Async :meth:`rerank`; cancelling it aborts the runs in the child.
 
         Example: ``await llm.arerank("cats?", ["a cat"], yes_token_id=1, no_token_id=2)``.
         """
-        return await self._acall("arerank", (query, documents), dict(kwargs, timeout=timeout),
-                                 timeout)
+        return await self._acall(
+            "arerank", (query, documents), dict(kwargs, timeout=timeout), timeout
+        )
 
-    def clear_kv_cache(self, keep_system_prompt: bool = False,
-                       ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None) -> None:
+    def clear_kv_cache(
+        self,
+        keep_system_prompt: bool = False,
+        ranges: Sequence[tuple[int, int]] | tuple[int, int] | None = None,
+    ) -> None:
         """Like :meth:`RKLLM.clear_kv_cache <rkllm_core.RKLLM.clear_kv_cache>`.
 
         Example: ``llm.clear_kv_cache()``.

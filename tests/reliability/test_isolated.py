@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rkllm_core import (
+    RKLLM,
     InvalidParameterError,
     IsolatedRKLLM,
     ModelClosedError,
@@ -281,3 +282,78 @@ def test_a_crash_inside_the_runtime_keeps_the_emitted_text_for_generate_and_asyn
 
         pieces, partial = asyncio.run(consume())
         assert "".join(pieces) == partial == "one two"
+
+
+@pytest.mark.parametrize("kind", [RKLLM, IsolatedRKLLM], ids=["in_process", "isolated"])
+def test_both_backends_end_streams_by_the_same_rules(
+        model_file: ModelFile, kind: type[RKLLM] | type[IsolatedRKLLM]) -> None:
+    with kind(model_file(HANGING), library="host", max_context_len=512, abort_grace=1.0) as llm:
+        stream = llm.stream("long", timeout=0.5)  # five words, then nothing until aborted
+        seen: list[str] = []
+        with pytest.raises(RunTimeoutError, match=r"did not finish within 0\.5 s") as info:
+            for chunk in stream:
+                seen.append(chunk.text)
+        assert info.value.partial_text == "".join(seen) == stream.text == "word" + " word" * 4
+
+        blocker = llm.stream("long")
+        first = next(blocker)
+        with pytest.raises(RunTimeoutError, match=r"did not start within 0\.2 s"):
+            llm.generate("short", timeout=0.2)
+        blocker.close()
+        assert blocker.result.finish_reason == "abort"
+        assert blocker.result.text.startswith(first.text) and blocker.text == blocker.result.text
+
+        with pytest.raises(ZeroDivisionError):
+            llm.generate("long", on_token=lambda chunk: 1 / 0)
+
+        async def in_asyncio() -> str:
+            with pytest.raises(RunTimeoutError, match=r"did not finish within 0\.3 s"):
+                async for _ in llm.astream("long", timeout=0.3):
+                    pass
+            stream = llm.astream("long")
+            await stream.__anext__()
+            await stream.aclose()
+            return stream.result.finish_reason
+
+        assert asyncio.run(in_asyncio()) == "abort"
+        assert llm.generate("short", timeout=30).text == "ok"
+
+
+def test_a_run_the_child_cannot_abort_costs_the_child_and_keeps_its_text(
+        model_file: ModelFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every child of this test runs a runtime whose rkllm_abort does nothing (a wedged NPU)
+    (tmp_path / "sitecustomize.py").write_text(
+        "from rkllm_core.library import RuntimeLibrary\n"
+        "RuntimeLibrary.abort = lambda self, handle: 0\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with IsolatedRKLLM(model_file(HANGING), library="host", max_context_len=512,
+                       abort_grace=0.5) as llm:
+        first = llm.pid
+        start = time.monotonic()
+        with pytest.raises(ModelWedgedError, match="model is wedged") as info:
+            llm.generate("long", timeout=0.3)  # the child says so itself, after its grace
+        assert time.monotonic() - start < 5
+        assert info.value.partial_text == "word" + " word" * 4
+        assert llm.generate("short").text == "ok"
+        assert llm.pid != first and llm.restarts == 1
+
+
+def test_a_child_that_stops_answering_mid_stream_is_killed_and_the_error_keeps_the_text(
+        isolated: IsolatedRKLLM) -> None:
+    stuck = isolated.pid
+    stream = isolated.stream("long story", timeout=0.5)
+    received = [next(stream).text for _ in range(3)]
+    os.kill(stuck, signal.SIGSTOP)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ModelWedgedError, match="was killed") as info:
+            for chunk in stream:
+                received.append(chunk.text)
+    finally:
+        if isolated.pid == stuck:  # pragma: no cover - only if the kill did not happen
+            os.kill(stuck, signal.SIGCONT)
+    # the run's timeout, then its abort's grace, each with the child's margin
+    assert time.monotonic() - start < 0.5 + 1.0 + 2 * 2.0 + 3
+    assert info.value.partial_text == "".join(received) == stream.text
+    assert isolated.generate("echo back").text == "You said: echo back"
+    assert isolated.restarts == 1
