@@ -47,6 +47,17 @@ def _example_lines(doc: str | None) -> list[str]:
             if line.strip().startswith((">>> ", "... "))]
 
 
+def _own_members(cls: type) -> dict[str, object]:
+    """What ``cls`` and its bases from these packages define (mixins included), not what it
+    inherits from a framework."""
+    members: dict[str, object] = {}
+    for base in reversed(cls.__mro__):
+        if base.__module__.split(".")[0] in ("rkllm_core", "langchain_rkllm",
+                                             "llama_index_rkllm"):
+            members.update(vars(base))
+    return members
+
+
 def _without_runnable_example() -> list[str]:
     """Public classes, functions, methods and properties whose docstring holds no doctest, and
     that no doctest of their class uses either."""
@@ -62,10 +73,11 @@ def _without_runnable_example() -> list[str]:
                 missing.append(f"{package}.{name}")
             if not isinstance(obj, type):
                 continue
+            members = _own_members(obj)
             # an example anywhere in the class may be the one that uses a member
-            in_class = own + [line for member in vars(obj).values()
+            in_class = own + [line for member in members.values()
                               for line in _example_lines(getattr(member, "__doc__", None))]
-            for attr, member in vars(obj).items():
+            for attr, member in members.items():
                 kinds = (property, staticmethod, classmethod)
                 if attr.startswith("_") or attr in FRAMEWORK_HOOKS or not (
                         callable(member) or isinstance(member, kinds)):
