@@ -89,6 +89,44 @@ def _handler_cost(llm: Any, n_tokens: int, rounds: int) -> list[float]:
     return values
 
 
+def _thread_cpu_ns(thread_id: int | None = None) -> int | None:
+    """CPU time of a thread (this one by default); None where the OS cannot tell."""
+    try:
+        clock = (time.CLOCK_THREAD_CPUTIME_ID if thread_id is None
+                 else time.pthread_getcpuclockid(thread_id))
+        return time.clock_gettime_ns(clock)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_split(llm: Any, n_tokens: int, rounds: int,
+               text_run: Callable[[], tuple[int, float]]) -> dict[str, Any]:
+    """CPU µs per token of each thread, the other measure of where the time goes: the bare
+    text callback's thread, and for RKLLM.stream the runtime's thread (ctypes trampoline,
+    RKLLM's handler, taking and dropping the GIL per callback) and the consuming thread
+    (``next()``, ``Channel.get``, waiting for the GIL). CPU time counts what each thread did,
+    not the waits, so it is steadier than wall time on a shared machine."""
+    worker_thread = llm._worker._thread.ident
+    if _thread_cpu_ns() is None or _thread_cpu_ns(worker_thread) is None:
+        return {}
+    text_cpu, worker_cpu, consumer_cpu = [], [], []
+    for _ in range(rounds):
+        before = _thread_cpu_ns()
+        text_run()
+        text_cpu.append((_thread_cpu_ns() or 0) - (before or 0))
+        worker_before, before = _thread_cpu_ns(worker_thread), _thread_cpu_ns()
+        for _chunk in llm.stream("go"):
+            pass
+        consumer_cpu.append((_thread_cpu_ns() or 0) - (before or 0))
+        worker_cpu.append((_thread_cpu_ns(worker_thread) or 0) - (worker_before or 0))
+    per_token = 1000.0 * n_tokens
+    return {
+        "ctypes_text_thread": summary([v / per_token for v in text_cpu]),
+        "stream_runtime_thread": summary([v / per_token for v in worker_cpu]),
+        "stream_consumer_thread": summary([v / per_token for v in consumer_cpu]),
+    }
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Per-token cost of each layer; see the module docstring."""
     n_tokens = 400 if ctx.quick else 5000
@@ -212,6 +250,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 delivered[name] = n
                 samples[name].append(seconds * 1e6 / n_tokens)
         handler_us = _handler_cost(llm, n_tokens, rounds)
+        cpu_us = _cpu_split(llm, n_tokens, rounds, ctypes_text)
     finally:
         loop.close()
         raw.close()
@@ -230,6 +269,9 @@ def run(ctx: Context) -> dict[str, Any]:
             "tokens_per_second": 1e6 / s["median"],
             "ratio_to_c": s["median"] / floor,
             "us_added_per_token": s["median"] - floor,
+            # issue 14's measure: paired within each round, so a slow stretch cancels out
+            "us_over_text_callback": summary(
+                [a - b for a, b in zip(values, samples["ctypes_text"], strict=True)]),
             "chunks_delivered": delivered.get(name),
         })
     return {
@@ -238,5 +280,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "rounds": rounds,
         "rows": rows,
         "stream_handler_us_per_token": summary(handler_us),
+        "thread_cpu_us_per_token": cpu_us,
         "notes": notes,
     }

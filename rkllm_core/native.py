@@ -33,8 +33,9 @@ from rkllm_core.library import RuntimeLibrary
 
 logger = logging.getLogger("rkllm_core")
 
-#: ``(result pointer, userdata, state) -> 0 | 1 | 2``; called from the runtime.
-ResultHandler = Callable[[Any, Any, int], int]
+#: ``(address of the RKLLMResult or None, userdata, state) -> 0 | 1 | 2``; called from the
+#: runtime.
+ResultHandler = Callable[[int | None, int | None, int], int]
 
 
 @contextlib.contextmanager
@@ -107,13 +108,17 @@ def make_result_callback(lib: RuntimeLibrary, handler: ResultHandler,
                          errors: list[BaseException]) -> Any:
     """Wrap ``handler`` as the family's ``LLMResultCallback``.
 
-    The wrapper always returns a defined int (0 unless the handler asks for 1 or 2): a ctypes
-    callback that raises or returns None hands the runtime garbage, which it may read as
-    "pause". Exceptions are appended to ``errors`` for the caller to re-raise.
+    The handler gets the result's address as an int (``None`` for NULL), not a ctypes pointer:
+    building a pointer object costs time on every token, and the handler reads the fields it
+    needs itself (``ctypes.cast(result, POINTER(RKLLMResult))`` gives the struct). The wrapper
+    always returns a defined int (0 unless the handler asks for 1 or 2): a ctypes callback that
+    raises or returns None hands the runtime garbage, which it may read as "pause". Exceptions
+    are appended to ``errors`` for the caller to re-raise.
     """
+    family_type = lib.family.result_callback
     returns_int = lib.family.callback_returns_int
 
-    def trampoline(result: Any, userdata: Any, state: int) -> int | None:
+    def trampoline(result: int | None, userdata: int | None, state: int) -> int | None:
         code = 0
         try:
             value = handler(result, userdata, state)
@@ -122,7 +127,11 @@ def make_result_callback(lib: RuntimeLibrary, handler: ResultHandler,
             errors.append(exc)
         return code if returns_int else None
 
-    return lib.family.result_callback(trampoline)
+    # the same C signature with the result as a plain address
+    by_address = ctypes.CFUNCTYPE(family_type._restype_, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_int)(trampoline)
+    # cast keeps by_address (which owns the trampoline) alive in the object it returns
+    return ctypes.cast(by_address, family_type)
 
 
 class NativeModel:

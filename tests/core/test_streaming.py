@@ -131,3 +131,105 @@ def test_channel_aget_times_out_with_the_builtin_timeout_error() -> None:
         assert ch._waiters == []
 
     asyncio.run(main())
+
+
+def _fall_behind(ch: Channel[int], first: int) -> list[int]:
+    """Put more items than a consumer takes in one look, then take them: the next wait naps."""
+    for i in range(first, first + 40):
+        ch.put(i)
+    return [ch.get() for _ in range(40)]
+
+
+def test_an_item_that_comes_while_a_consumer_naps_arrives_without_another_put() -> None:
+    ch: Channel[int] = Channel()
+    got = _fall_behind(ch, 0)
+    arrived = threading.Event()
+    received: list[int] = []
+
+    def consume() -> None:
+        received.append(ch.get())  # naps: the put below does not wake it, the nap's end does
+        arrived.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    ch.put(40)
+    assert arrived.wait(10)
+    consumer.join()
+    assert got + received == list(range(41))
+
+
+def test_a_napping_async_consumer_gets_an_item_put_during_its_nap() -> None:
+    ch: Channel[int] = Channel()
+
+    async def main() -> list[int]:
+        got = _fall_behind(ch, 0)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0, ch.put, 40)
+        got.append(await asyncio.wait_for(ch.aget(), 10))
+        return got
+
+    assert asyncio.run(main()) == list(range(41))
+
+
+def _bursts(ch: Channel[int]) -> int:
+    """Put bursts of 200 items and single items with short pauses between, then close: bursts
+    make a consumer nap and the producer hand over, pauses end the naps. Returns the count."""
+    n = 0
+    for burst in range(30):
+        for _ in range(200 if burst % 3 else 1):
+            ch.put(n)
+            n += 1
+        threading.Event().wait(0.0005 * (burst % 4))
+    ch.close()
+    return n
+
+
+def test_bursts_and_pauses_reach_a_thread_consumer_complete_and_in_order() -> None:
+    ch: Channel[int] = Channel()
+    total: list[int] = []
+    producer = threading.Thread(target=lambda: total.append(_bursts(ch)))
+    producer.start()
+    got = []
+    while (item := ch.get(timeout=30)) is not Channel.END:
+        got.append(item)
+    producer.join()
+    assert got == list(range(total[0]))
+    assert ch._waiters == [] and ch._nappers == []
+
+
+def test_bursts_and_pauses_reach_an_async_consumer_complete_and_in_order() -> None:
+    ch: Channel[int] = Channel()
+
+    async def main() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        total = [0]
+
+        def produce() -> None:
+            total[0] = _bursts(ch)
+
+        async def consume() -> list[int]:
+            items = []
+            loop.call_soon(ready.set)
+            while (item := await ch.aget()) is not Channel.END:
+                items.append(item)
+            return items
+
+        task = asyncio.create_task(consume())
+        await ready.wait()
+        producer = threading.Thread(target=produce)
+        producer.start()
+        items = await task
+        producer.join()
+        return items, total[0]
+
+    items, total = asyncio.run(main())
+    assert items == list(range(total))
+
+
+def test_a_napping_consumer_times_out_at_its_own_deadline() -> None:
+    ch: Channel[int] = Channel()
+    _fall_behind(ch, 0)
+    with pytest.raises(TimeoutError):
+        ch.get(timeout=0.01)
+    assert ch._waiters == [] and ch._nappers == []
