@@ -1,5 +1,5 @@
 """The ``rkllm`` command: chat, inspect and check a board, benchmark a model, build the host
-runtime.
+runtime, serve models over HTTP.
 
 Examples (shell)::
 
@@ -9,6 +9,7 @@ Examples (shell)::
     rkllm doctor qwen2.5-1.5b.rkllm     # each requirement checked, with the fix for a failure
     rkllm bench qwen2.5-1.5b.rkllm --json
     rkllm host build --family 1.2.1 --force
+    rkllm serve qwen2.5-1.5b.rkllm --port 8080   # OpenAI + Ollama HTTP API (rkllm_core.serve_cli)
 
 Exit codes: 0 success; 1 a check failed (``doctor``, ``info`` without a usable library);
 2 an error (bad arguments, a model that cannot load, a failed run).
@@ -387,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-gguf", dest="gguf", action="store_false",
                        help="build the scripted engine only")
     build.set_defaults(func=_cmd_host_build)
+
+    from rkllm_core.serve_cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
