@@ -36,9 +36,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from rkllm_core.chat import ChatChunk, ChatMessage, ChatResult, ToolSpec
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
@@ -132,7 +132,8 @@ async def run_turn(served: ServedModel, request: TurnRequest, metrics: Metrics,
                 max_new_tokens=request.max_new_tokens, sampling=sampling, timeout=timeout)
             # closed explicitly: a client that leaves closes this generator, and the run must be
             # aborted now, not when the garbage collector finalizes the engine's stream
-            async with contextlib.aclosing(aiter(stream)) as chunks:
+            async with contextlib.aclosing(cast(AsyncGenerator[ChatChunk, None],
+                                                aiter(stream))) as chunks:
                 async for chunk in chunks:
                     if first:
                         metrics.ttft.labels(model=served.id).observe(
