@@ -23,6 +23,12 @@ Three ways to reach the model:
     off (``rkllm_set_chat_template`` with empty strings, which also switches off the runtime's
     tool and thinking handling, rknn-llm issue 429).
 
+This module holds :class:`ChatEngine` (construction, the public calls, finishing a turn); the
+turn's result types are in :mod:`rkllm_core.chat.results`, the conversation helpers in
+:mod:`rkllm_core.chat.conversation`, the KV-cache bookkeeping and the plans of each mode in
+:mod:`rkllm_core.chat.plans`, the streams in :mod:`rkllm_core.chat.streams` and the
+structured-output exchange in :mod:`rkllm_core.chat.structured`.
+
 Example:
     >>> import tempfile, pathlib
     >>> from rkllm_core import RKLLM
@@ -42,360 +48,25 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import itertools
-import json
-import logging
-import threading
-import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from rkllm_core.backend import (
-    ClearKVCache,
-    ReadKVCacheSize,
-    RunSetup,
-    SetChatTemplate,
-    SetFunctionTools,
+from rkllm_core.backend import ReadKVCacheSize
+from rkllm_core.chat.conversation import (
+    ToolChoice,
+    _split_system,
+    _tool_specs,
+    _trailing_inputs,
+    hermes_tool_instructions,
+    tool_choice_instruction,
 )
-from rkllm_core.chat.messages import ChatMessage, InvalidToolCall, ToolCall, ToolSpec
-from rkllm_core.chat.output import OutputParser, ToolCallDelta, ToolFormat
-from rkllm_core.errors import InvalidParameterError, RKLLMError, StaleKVCacheError
-
-logger = logging.getLogger("rkllm_core")
-
-Mode = Literal["native", "tokens", "raw"]
-ToolChoice = str  # "auto" | "none" | "required" | "any" | a tool name
-
-TOOL_RESPONSE = "tool_response"
-
-
-@dataclass(frozen=True)
-class ChatUsage:
-    """Tokens of one call: ``input_tokens`` is the whole context the reply was computed on
-    (reused cache plus what was prefilled now), ``prefill_tokens`` what this call prefilled.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> from rkllm_core.chat import ChatEngine, ChatMessage
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...     chat = ChatEngine(llm)
-        ...     first = chat.generate([ChatMessage.user("Hello")])
-        ...     second = chat.generate([ChatMessage.user("Hello"), first.message,
-        ...                             ChatMessage.user("Again")])
-        >>> u = second.usage  # the first turn was in the KV cache: only the new one prefilled
-        >>> u.prefill_tokens < u.input_tokens, u.total_tokens == u.input_tokens + u.output_tokens
-        (True, True)
-    """
-
-    input_tokens: int
-    output_tokens: int
-    prefill_tokens: int
-    prefill_ms: float
-    decode_ms: float
-    tokens_per_second: float
-
-    @property
-    def total_tokens(self) -> int:
-        """Input plus output tokens."""
-        return self.input_tokens + self.output_tokens
-
-
-@dataclass
-class ChatChunk:
-    """One streamed piece of an assistant turn.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> from rkllm_core.chat import ChatEngine, ChatMessage
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...     chunks = list(ChatEngine(llm).stream([ChatMessage.user("Hello")]))
-        >>> "".join(c.content for c in chunks), chunks[0].reasoning, chunks[0].tool_calls
-        ('Hi there.', '', [])
-    """
-
-    content: str = ""
-    reasoning: str = ""
-    tool_calls: list[ToolCallDelta] = field(default_factory=list)
-    token_id: int | None = None
-
-
-@dataclass
-class ChatResult:
-    """A finished assistant turn.
-
-    ``finish_reason``: ``stop`` (end of turn or a stop sequence), ``tool_calls`` (the turn
-    asks for tools), ``length``, ``abort`` or ``error``.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> from rkllm_core.chat import ChatEngine, ChatMessage
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...     turn = ChatEngine(llm).generate([ChatMessage.user("Hello")], stop=[" there"])
-        >>> turn.message.content, turn.finish_reason, turn.stop_sequence, turn.mode
-        ('Hi', 'stop', ' there', 'native')
-    """
-
-    message: ChatMessage
-    invalid_tool_calls: list[InvalidToolCall]
-    finish_reason: str
-    usage: ChatUsage
-    stop_sequence: str | None
-    mode: Mode
-    reused_cache: bool
-    runtime_release: str
-    raw_text: str = ""
-
-    def metadata(self) -> dict[str, Any]:
-        """What the adapters report about a turn: finish reason, timings, the runtime release,
-        the chat mode and whether the KV cache was reused.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> from rkllm_core import RKLLM
-            >>> from rkllm_core.chat import ChatEngine, ChatMessage
-            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-            >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
-            >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-            ...     meta = ChatEngine(llm).generate([ChatMessage.user("Hello")]).metadata()
-            >>> meta["finish_reason"], meta["chat_mode"], meta["runtime_release"]
-            ('stop', 'native', '1.3.0')
-        """
-        u = self.usage
-        return {
-            "finish_reason": self.finish_reason,
-            "stop_sequence": self.stop_sequence,
-            "prefill_tokens": u.prefill_tokens,
-            "prefill_ms": u.prefill_ms,
-            "decode_ms": u.decode_ms,
-            "tokens_per_second": u.tokens_per_second,
-            "runtime_release": self.runtime_release,
-            "chat_mode": self.mode,
-            "kv_cache_reused": self.reused_cache,
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# What the KV cache of one model holds (shared by every ChatEngine over that model)
-
-
-@dataclass
-class _CacheState:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    epoch: int = 0            # bumped by every plan; a finishing run records only its own epoch
-    valid: bool = False
-    key: tuple[Any, ...] | None = None   # how the cache was set up (mode, system, tools)
-    turns: tuple[ChatMessage, ...] = ()  # native: non-system messages in the cache
-    tokens: list[int] = field(default_factory=list)  # tokens mode: ids in the cache
-    text: str = ""            # raw mode: text in the cache
-    size: int | None = None   # kv_cache_size after the last recorded run (1.2.1+)
-    setup: tuple[Any, ...] | None = None  # what set_function_tools / set_chat_template last got
-
-
-_states: weakref.WeakKeyDictionary[Any, _CacheState] = weakref.WeakKeyDictionary()
-_states_lock = threading.Lock()
-
-
-def _state_of(model: Any) -> _CacheState:
-    with _states_lock:
-        state = _states.get(model)
-        if state is None:
-            state = _states[model] = _CacheState()
-        return state
-
-
-# ---------------------------------------------------------------------------------------------
-# Plans
-
-
-@dataclass
-class _Plan:
-    run_kwargs: dict[str, Any]
-    setup: list[RunSetup]  # done by the model on its worker right before the run
-    epoch: int
-    reused: bool
-    reused_tokens: int
-    record: Callable[[_CacheState, list[int], ChatMessage | None, str], None]
-    parser_kwargs: dict[str, Any]
-    sent_tokens: int | None = None  # tokens mode: how many ids this run sends
-
-
-_Request = tuple[list[ChatMessage], dict[str, Any]]
-
-
-def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None,
-                     method: str, name: str, description: str,
-                     validate: Callable[[Any], Any] | None = None,
-                     ) -> Generator[_Request, ChatResult, tuple[Any, ChatResult]]:
-    """The steps of a structured answer, shared by the sync and async engines: it yields the
-    turns to run (history, extra generate arguments) and receives their results."""
-
-    def accepted(value: Any) -> tuple[Any, str | None]:
-        # a check the JSON schema cannot express (a pydantic validator): repaired the same way
-        if validate is None:
-            return value, None
-        try:
-            return validate(value), None
-        except ValueError as exc:
-            return None, str(exc)
-    from rkllm_core.chat.structured import (
-        StructuredOutputError,
-        arguments_error,
-        check_reply,
-        check_schema,
-        json_instruction,
-        repair_request,
-    )
-
-    history = list(messages)
-    if method == "function_calling":
-        if schema is None:
-            raise InvalidParameterError("function_calling needs a schema")
-        check_schema(schema)  # a schema the validator refuses fails here, before any run
-        extra: dict[str, Any] = {"tools": [ToolSpec(name, description, schema)],
-                                 "tool_choice": name}
-        result = yield history, extra
-        for attempt in range(2):
-            call = next((c for c in result.message.tool_calls if c.name == name), None)
-            if call is not None:
-                value, problem = dict(call.arguments), arguments_error(call.arguments, schema)
-                if problem is None:
-                    value, problem = accepted(value)
-                if problem is None:
-                    return value, result
-                error = problem
-            else:
-                error = f"no call to the tool `{name}`"
-            if attempt == 0:
-                history = [*history, result.message, ChatMessage.user(repair_request(error))]
-                result = yield history, extra
-        raise StructuredOutputError(f"the model did not produce a valid `{name}` call: "
-                                    f"{error}", result.raw_text)
-    if method not in ("json_schema", "json_mode"):
-        raise InvalidParameterError(
-            f"method must be json_schema, json_mode or function_calling, not {method!r}")
-    wanted = schema if method == "json_schema" else None
-    if wanted is not None:
-        check_schema(wanted)
-    sentence = json_instruction(wanted)
-    system, rest = _split_system(history)
-    history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
-    for attempt in range(2):
-        result = yield history, {}
-        value, problem = check_reply(result.message.content, wanted)
-        if problem is None:
-            value, problem = accepted(value)
-        if problem is None:
-            return value, result
-        if attempt == 0:
-            history = [*history, result.message, ChatMessage.user(repair_request(problem))]
-    raise StructuredOutputError(f"the model's reply is not valid JSON for the schema: "
-                                f"{problem}", result.raw_text)
-
-
-def _forget(state: _CacheState, generated: list[int], reply: ChatMessage | None,
-            raw: str) -> None:
-    state.valid = False
-
-
-def _tool_specs(tools: Any) -> list[ToolSpec]:
-    """``tools`` as a list of ToolSpec: specs or OpenAI-style dicts, names unique."""
-    if isinstance(tools, (ToolSpec, Mapping, str)) or not isinstance(tools, Sequence):
-        raise InvalidParameterError(
-            f"tools must be a list of ToolSpec or OpenAI-style tool dicts, got "
-            f"{type(tools).__name__}")
-    specs: list[ToolSpec] = []
-    for tool in tools:
-        if isinstance(tool, ToolSpec):
-            specs.append(tool)
-        elif isinstance(tool, Mapping):
-            specs.append(ToolSpec.from_openai(tool))
-        else:
-            raise InvalidParameterError(
-                f"tools must be ToolSpec objects or OpenAI-style dicts, got {type(tool).__name__}")
-    names = [s.name for s in specs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise InvalidParameterError(f"tool names must be unique; repeated: {', '.join(repeated)}")
-    return specs
-
-
-def _split_system(messages: Sequence[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
-    system = [m.content for m in messages if m.role == "system"]
-    rest = [m for m in messages if m.role != "system"]
-    return ("\n\n".join(system) if system else None), rest
-
-
-def _trailing_inputs(rest: list[ChatMessage]) -> tuple[list[ChatMessage], list[ChatMessage]]:
-    """(history, new inputs): the last user turn, or the trailing run of tool results."""
-    if not rest:
-        raise InvalidParameterError("the conversation is empty: give at least one user message")
-    last = rest[-1]
-    if last.role == "user":
-        return rest[:-1], [last]
-    if last.role == "tool":
-        k = len(rest)
-        while k > 0 and rest[k - 1].role == "tool":
-            k -= 1
-        return rest[:k], rest[k:]
-    raise InvalidParameterError(
-        "the conversation ends with an assistant turn; the model answers a user or tool "
-        "message: append one (to continue the assistant's text, use tokens or raw mode)")
-
-
-def _tool_results_text(tools: list[ChatMessage]) -> str:
-    """Several tool results in one tool turn, as Rockchip's 1.3.0 server sends them."""
-    if len(tools) == 1:
-        return tools[0].content
-    return json.dumps([{"name": m.name, "tool_call_id": m.tool_call_id, "content": m.content}
-                       for m in tools], ensure_ascii=False)
-
-
-def _transcript(history: Sequence[ChatMessage]) -> str:
-    lines = []
-    for m in history:
-        if m.role == "user":
-            lines.append(f"User: {m.content}")
-        elif m.role == "assistant":
-            calls = "".join(f"\n<tool_call>\n{json.dumps({'name': c.name, 'arguments': dict(c.arguments)}, ensure_ascii=False)}\n</tool_call>"  # noqa: E501
-                            for c in m.tool_calls)
-            lines.append(f"Assistant: {m.content}{calls}")
-        elif m.role == "tool":
-            lines.append(f"Tool result{f' ({m.name})' if m.name else ''}: {m.content}")
-    return "\n".join(lines)
-
-
-def hermes_tool_instructions(tools: Sequence[ToolSpec]) -> str:
-    """The Hermes / Qwen tool block for a system prompt (used where the runtime cannot add it)."""
-    specs = "\n".join(json.dumps(t.to_openai(), ensure_ascii=False) for t in tools)
-    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-            "You are provided with function signatures within <tools></tools> XML tags:\n"
-            f"<tools>\n{specs}\n</tools>\n\nFor each function call, return a json object with "
-            "function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
-
-
-def tool_choice_instruction(tool_choice: ToolChoice, tools: Sequence[ToolSpec]) -> str:
-    """The sentence that asks for a tool call when ``tool_choice`` requires one ("" for auto)."""
-    if tool_choice in ("auto", "none"):
-        return ""
-    if tool_choice in ("required", "any"):
-        return "You must answer with at least one tool call."
-    if tool_choice not in {t.name for t in tools}:
-        raise InvalidParameterError(
-            f"tool_choice {tool_choice!r} names no bound tool; bound tools: "
-            f"{', '.join(t.name for t in tools) or '(none)'}")
-    return f"You must call the tool `{tool_choice}`."
+from rkllm_core.chat.messages import ChatMessage, ToolCall, ToolSpec
+from rkllm_core.chat.output import OutputParser, ToolFormat
+from rkllm_core.chat.plans import _forget, _Plan, _plan_native, _plan_rendered, _state_of
+from rkllm_core.chat.results import ChatChunk, ChatResult, ChatUsage, Mode
+from rkllm_core.chat.streams import AsyncChatStream, ChatStream, _consume
+from rkllm_core.chat.structured import _structured_flow
+from rkllm_core.errors import InvalidParameterError
 
 
 class ChatEngine:
@@ -715,13 +386,20 @@ class ChatEngine:
         state = self._state
         with state.lock:
             state.epoch += 1
+            capabilities = self.model.capabilities
             if self.mode == "native":
-                plan = self._plan_native(state, system, rest, tools, enable_thinking, base)
+                plan = _plan_native(state, system, rest, tools, enable_thinking, base,
+                                    capabilities=capabilities, stateful=self._stateful)
             else:
-                plan = self._plan_rendered(state, system, rest, tools, enable_thinking, base)
+                _trailing_inputs(rest)  # validates the last message
+                text = self.render(
+                    ([ChatMessage.system(system)] if system is not None else []) + rest,
+                    tools, enable_thinking)
+                plan = _plan_rendered(state, text, self.mode, self._tokenizer, base,
+                                      capabilities=capabilities, stateful=self._stateful)
             plan.parser_kwargs = parser_kwargs
             plan.epoch = state.epoch
-            if self.model.capabilities.kv_cache_size:
+            if capabilities.kv_cache_size:
                 # last before the run: the size it starts from and, when the plan reuses the
                 # cache, a check that it still holds what this engine recorded
                 plan.setup.append(ReadKVCacheSize(plan.reused_tokens if plan.reused else None))
@@ -729,75 +407,6 @@ class ChatEngine:
             if not self._stateful:  # 1.1 keeps no history: every call sends everything
                 plan.record = _forget
             return plan
-
-    def _plan_native(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
-                     tools: list[ToolSpec], enable_thinking: bool,
-                     base: dict[str, Any]) -> _Plan:
-        history, inputs = _trailing_inputs(rest)
-        can_set_tools = self.model.capabilities.function_tools
-        tools_json = json.dumps([t.to_openai() for t in tools], ensure_ascii=False)
-        key = ("native", system, tools_json)
-        reused = (state.valid and state.key == key and len(state.turns) == len(history)
-                  and all(a.same_turn(b) for a, b in zip(state.turns, history, strict=True)))
-        steps: list[RunSetup] = []
-        fold_system = ""
-        if not reused:
-            setup = (system, tools_json)
-            if can_set_tools and (system is not None or tools or state.setup is not None):
-                if state.setup != setup:
-                    steps.append(SetFunctionTools(system or "", tools_json, TOOL_RESPONSE))
-                    state.setup = setup
-            elif system is not None or tools:
-                # no runtime call for a system prompt: write it (and the tools) into the turn
-                parts = [system or ""] + ([hermes_tool_instructions(tools)] if tools else [])
-                fold_system = "\n\n".join(p for p in parts if p)
-            if self._stateful:
-                steps.append(ClearKVCache())
-        if reused:
-            role = inputs[0].role
-            text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
-        elif history or fold_system:
-            role = "user"
-            parts = [fold_system] if fold_system else []
-            if history:
-                parts.append("Earlier in this conversation:\n" + _transcript(history))
-            if inputs[0].role == "tool":
-                parts.append("Tool results:\n" + _tool_results_text(inputs))
-            else:
-                parts.append(inputs[0].content if not history
-                             else "Now the user says: " + inputs[0].content)
-            text = "\n\n".join(parts)
-        else:
-            role = inputs[0].role
-            text = _tool_results_text(inputs) if role == "tool" else inputs[0].content
-        if role == "tool" and not self.model.capabilities.function_tools:
-            role, text = "user", "Tool results:\n" + text
-        images = inputs[0].images if inputs[0].role == "user" else ()
-        run_kwargs = dict(base, prompt=text, role=role, enable_thinking=enable_thinking)
-        if images:
-            run_kwargs["image"] = self._image_input(images)
-        reused_tokens = (state.size or 0) if reused else 0
-        turns_before = tuple(rest)
-
-        def record(state: _CacheState, _ids: list[int], reply: ChatMessage | None,
-                   _raw: str) -> None:
-            if reply is None:
-                state.valid = False
-                return
-            state.key = key
-            state.turns = (*turns_before, reply)
-            state.valid = True
-
-        return _Plan(run_kwargs, steps, 0, reused, reused_tokens, record, {})
-
-    def _image_input(self, images: Sequence[Any]) -> Any:
-        import numpy as np
-
-        from rkllm_core.model import ImageInput
-
-        arrays = [np.asarray(i, dtype=np.float32) for i in images]
-        return ImageInput(np.concatenate(arrays, axis=0), n_images=len(arrays),
-                          n_image_tokens=arrays[0].shape[0])
 
     def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (),
                enable_thinking: bool = False) -> str:
@@ -823,75 +432,6 @@ class ChatEngine:
                            tools=[t.to_openai() for t in tools] or None,
                            add_generation_prompt=True, enable_thinking=enable_thinking,
                            bos_token=self._bos, eos_token=self._eos)
-
-    def _plan_rendered(self, state: _CacheState, system: str | None, rest: list[ChatMessage],
-                       tools: list[ToolSpec], enable_thinking: bool,
-                       base: dict[str, Any]) -> _Plan:
-        _trailing_inputs(rest)  # validates the last message
-        messages = ([ChatMessage.system(system)] if system is not None else []) + rest
-        text = self.render(messages, tools, enable_thinking)
-        setup: list[RunSetup] = []
-        key: tuple[Any, ...] = (self.mode,)
-        same_setup = state.valid and state.key == key
-        if self.mode == "tokens":
-            assert self._tokenizer is not None
-            cached = state.tokens if same_setup else []
-            if cached and state.text and text.startswith(state.text):
-                # the conversation extends what the cache holds: keep the model's own reply
-                # tokens (re-tokenizing its text may split it differently) and add the rest
-                ids = cached + list(self._tokenizer.encode(text[len(state.text):],
-                                                           parse_special=True))
-            else:
-                ids = list(self._tokenizer.encode(text, parse_special=True))
-            common = 0
-            for a, b in zip(cached, ids, strict=False):
-                if a != b:
-                    break
-                common += 1
-            if common == len(ids):  # nothing new: recompute the last token for its logits
-                common -= 1
-            can_cut = self.model.capabilities.kv_cache_size
-            if common < len(cached) and not (can_cut and common > 0):
-                common = 0
-            if common == 0 and self._stateful:
-                setup.append(ClearKVCache())
-            elif 0 < common < len(cached):
-                setup.append(ClearKVCache(start=common, end=len(cached)))
-            run_kwargs = dict(base, tokens=ids[common:])
-            reused, reused_tokens = common > 0, common
-            sent: int | None = len(ids) - common
-
-            def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
-                       raw: str) -> None:
-                state.key = key
-                state.tokens = ids + [t for t in generated if t >= 0]
-                state.text = text + raw
-                state.valid = True
-        else:
-            cached_text = state.text if same_setup else ""
-            if cached_text and text.startswith(cached_text) and len(text) > len(cached_text):
-                new_text, reused, reused_tokens = text[len(cached_text):], True, state.size or 0
-            else:
-                new_text, reused, reused_tokens = text, False, 0
-                if state.setup != ("raw",) and self.model.capabilities.chat_template:
-                    setup.append(SetChatTemplate("", "", ""))
-                    state.setup = ("raw",)
-                if self._stateful:
-                    setup.append(ClearKVCache())
-            # thinking is in the rendered text; the runtime's flag is off after
-            # rkllm_set_chat_template anyway (and absent before 1.2.1)
-            run_kwargs = dict(base, prompt=new_text, role="user")
-            sent = None
-
-            def record(state: _CacheState, generated: list[int], reply: ChatMessage | None,
-                       raw: str) -> None:
-                if reply is None:
-                    state.valid = False
-                    return
-                state.key = key
-                state.text = text + raw
-                state.valid = True
-        return _Plan(run_kwargs, setup, 0, reused, reused_tokens, record, {}, sent)
 
     # -- finishing a turn ------------------------------------------------------------------
 
@@ -948,148 +488,6 @@ class ChatEngine:
         if start is None or perf is None or perf.prefill_tokens is None:
             return None
         return int(start + perf.prefill_tokens + perf.decode_tokens)
-
-
-async def _consume(stream: AsyncChatStream, on_chunk: Callable[[ChatChunk], Any] | None) -> None:
-    async for chunk in stream:
-        if on_chunk is not None:
-            value = on_chunk(chunk)
-            if inspect.isawaitable(value):
-                await value
-
-
-class _ChatStreamBase:
-    def __init__(self, engine: ChatEngine, start: Callable[[], tuple[_Plan, Any]]) -> None:
-        self._engine = engine
-        self._start = start
-        self._plan, self._text = start()
-        self._parser = OutputParser(**self._plan.parser_kwargs)
-        self._result: ChatResult | None = None
-
-    def _replay(self) -> None:
-        """The cache was not what the engine recorded: forget it and start the turn again."""
-        logger.info("the KV cache changed behind the chat engine; replaying the conversation")
-        self._engine.reset()
-        self._plan, self._text = self._start()
-        self._parser = OutputParser(**self._plan.parser_kwargs)
-
-    @property
-    def result(self) -> ChatResult:
-        """The finished turn; available once the stream was iterated to its end."""
-        if self._result is None:
-            raise RKLLMError("the turn has not finished: iterate the stream to its end first")
-        return self._result
-
-    def _chunk(self, piece: Any) -> ChatChunk | None:
-        delta = self._parser.feed(piece.text)
-        if self._parser.stopped:
-            self._text.abort()
-        if not delta:
-            return None
-        return ChatChunk(delta.content, delta.reasoning, delta.tool_calls, piece.token_id)
-
-    def _tail(self, generation: Any, error: BaseException | None) -> ChatChunk | None:
-        delta = self._parser.finish()
-        self._result = self._engine._finish(self._plan, self._parser, generation, error)
-        if not delta:
-            return None
-        return ChatChunk(delta.content, delta.reasoning, delta.tool_calls, None)
-
-
-class ChatStream(_ChatStreamBase):
-    """Chunks of one assistant turn as the model produces them; ``result`` at the end.
-
-    Leaving the loop early (``break``, an exception) aborts the run; the model stays usable and
-    the next turn replays what the cache no longer holds.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> from rkllm_core.chat import ChatEngine, ChatMessage
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...     stream = ChatEngine(llm).stream([ChatMessage.user("Hello")])
-        ...     text = "".join(chunk.content for chunk in stream)
-        >>> text == stream.result.message.content == "Hi there."
-        True
-    """
-
-    def __iter__(self) -> Iterator[ChatChunk]:
-        try:
-            try:
-                first = next(iter(self._text), None)
-            except StaleKVCacheError:
-                self._replay()
-                first = next(iter(self._text), None)
-            for piece in itertools.chain([first] if first is not None else [], self._text):
-                chunk = self._chunk(piece)
-                if chunk is not None:
-                    yield chunk
-                if self._parser.stopped:
-                    break
-        except BaseException as exc:
-            self._text.abort()
-            self._engine._finish(self._plan, self._parser, None, exc)
-            raise
-        if self._parser.stopped:
-            self._text.close()  # the run was aborted at the stop sequence: wait for its end
-        generation = self._text.result
-        tail = self._tail(generation, None)
-        if tail is not None:
-            yield tail
-
-
-class AsyncChatStream(_ChatStreamBase):
-    """The asyncio twin of :class:`ChatStream`.
-
-    Example:
-        >>> import asyncio
-        >>> import tempfile, pathlib
-        >>> from rkllm_core import RKLLM
-        >>> from rkllm_core.chat import ChatEngine, ChatMessage
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi there."\\n')
-        >>> async def main() -> tuple[str, str]:
-        ...     with RKLLM(path, library="host", max_context_len=512) as llm:
-        ...         stream = ChatEngine(llm).astream([ChatMessage.user("Hello")])
-        ...         text = "".join([chunk.content async for chunk in stream])
-        ...         return text, stream.result.finish_reason
-        >>> asyncio.run(main())
-        ('Hi there.', 'stop')
-    """
-
-    async def _iterate(self) -> AsyncIterator[ChatChunk]:
-        try:
-            try:
-                first = await anext(aiter(self._text), None)
-            except StaleKVCacheError:
-                self._replay()
-                first = await anext(aiter(self._text), None)
-            if first is not None:
-                chunk = self._chunk(first)
-                if chunk is not None:
-                    yield chunk
-            async for piece in self._text:
-                if self._parser.stopped:
-                    break
-                chunk = self._chunk(piece)
-                if chunk is not None:
-                    yield chunk
-                if self._parser.stopped:
-                    break
-            if self._parser.stopped:
-                await self._text.aclose()
-        except BaseException as exc:
-            self._text.abort()
-            self._engine._finish(self._plan, self._parser, None, exc)
-            raise
-        tail = self._tail(self._text.result, None)
-        if tail is not None:
-            yield tail
-
-    def __aiter__(self) -> AsyncIterator[ChatChunk]:
-        return self._iterate()
 
 
 __all__ = ["AsyncChatStream", "ChatChunk", "ChatEngine", "ChatResult", "ChatStream",

@@ -5,7 +5,9 @@ first JSON value in the reply is extracted (code fences and chatter around it ar
 validated against the whole schema by a JSON Schema (Draft 2020-12) validator: ``$ref`` and
 ``$defs`` at any depth, ``items``, ``anyOf`` / ``oneOf`` / ``allOf``, ``enum``,
 ``additionalProperties`` and the rest. A reply that fails gets one repair turn that quotes the
-validator's messages, each with the JSON path of the value it is about.
+validator's messages, each with the JSON path of the value it is about. ``_structured_flow`` is
+that exchange as steps (the turns to run, the checks of their replies), which the chat engine's
+sync and async ``generate_structured`` both drive.
 
 Example:
     >>> from rkllm_core.chat.structured import extract_json, schema_errors
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -33,6 +35,9 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from rkllm_core.chat.conversation import _split_system
+from rkllm_core.chat.messages import ChatMessage, ToolSpec
+from rkllm_core.chat.results import ChatResult
 from rkllm_core.errors import InvalidParameterError, RKLLMError
 
 #: Longest validator message quoted in a repair turn: a message starts with the repr of the
@@ -253,3 +258,71 @@ def _describe(error: Any) -> str:
 def _summary(problems: list[str]) -> str:
     shown = "; ".join(problems[:5])
     return shown if len(problems) <= 5 else f"{shown} (and {len(problems) - 5} more)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The structured-output exchange, as steps the sync and async engines run
+
+_Request = tuple[list[ChatMessage], dict[str, Any]]
+
+
+def _structured_flow(messages: Sequence[ChatMessage], schema: Mapping[str, Any] | None,
+                     method: str, name: str, description: str,
+                     validate: Callable[[Any], Any] | None = None,
+                     ) -> Generator[_Request, ChatResult, tuple[Any, ChatResult]]:
+    """The steps of a structured answer, shared by the sync and async engines: it yields the
+    turns to run (history, extra generate arguments) and receives their results."""
+
+    def accepted(value: Any) -> tuple[Any, str | None]:
+        # a check the JSON schema cannot express (a pydantic validator): repaired the same way
+        if validate is None:
+            return value, None
+        try:
+            return validate(value), None
+        except ValueError as exc:
+            return None, str(exc)
+
+    history = list(messages)
+    if method == "function_calling":
+        if schema is None:
+            raise InvalidParameterError("function_calling needs a schema")
+        check_schema(schema)  # a schema the validator refuses fails here, before any run
+        extra: dict[str, Any] = {"tools": [ToolSpec(name, description, schema)],
+                                 "tool_choice": name}
+        result = yield history, extra
+        for attempt in range(2):
+            call = next((c for c in result.message.tool_calls if c.name == name), None)
+            if call is not None:
+                value, problem = dict(call.arguments), arguments_error(call.arguments, schema)
+                if problem is None:
+                    value, problem = accepted(value)
+                if problem is None:
+                    return value, result
+                error = problem
+            else:
+                error = f"no call to the tool `{name}`"
+            if attempt == 0:
+                history = [*history, result.message, ChatMessage.user(repair_request(error))]
+                result = yield history, extra
+        raise StructuredOutputError(f"the model did not produce a valid `{name}` call: "
+                                    f"{error}", result.raw_text)
+    if method not in ("json_schema", "json_mode"):
+        raise InvalidParameterError(
+            f"method must be json_schema, json_mode or function_calling, not {method!r}")
+    wanted = schema if method == "json_schema" else None
+    if wanted is not None:
+        check_schema(wanted)
+    sentence = json_instruction(wanted)
+    system, rest = _split_system(history)
+    history = [ChatMessage.system(f"{system}\n\n{sentence}" if system else sentence), *rest]
+    for attempt in range(2):
+        result = yield history, {}
+        value, problem = check_reply(result.message.content, wanted)
+        if problem is None:
+            value, problem = accepted(value)
+        if problem is None:
+            return value, result
+        if attempt == 0:
+            history = [*history, result.message, ChatMessage.user(repair_request(problem))]
+    raise StructuredOutputError(f"the model's reply is not valid JSON for the schema: "
+                                f"{problem}", result.raw_text)
