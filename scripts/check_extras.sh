@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install rkllm-py alone and with each extra ([langchain], [llamaindex], [host]), each in a
+# Install rkllm-py alone and with each extra ([langchain], [llamaindex], [host], [server]), each in a
 # fresh virtual environment from the built wheel, and run what that extra promises
 # (scripts/extras_smoke.py): an import no extra declares fails here, not on a user's machine.
-# Usage: bash scripts/check_extras.sh [core|langchain|llamaindex|host ...]   (default: all four)
+# Usage: bash scripts/check_extras.sh [core|langchain|llamaindex|host|server ...]   (default: all)
 # Run by .ci/run. Each venv has its own host-runtime cache, so the runtime is built from the
 # installed package's own sources.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 PY=${PYTHON:-python3}
 extras=("$@")
-[ ${#extras[@]} -gt 0 ] || extras=(core langchain llamaindex host)
+[ ${#extras[@]} -gt 0 ] || extras=(core langchain llamaindex host server)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -7,6 +7,7 @@ built wheel, so that an import no extra declares fails here rather than on a use
     python scripts/extras_smoke.py langchain   # pip install "rkllm-py[langchain]"
     python scripts/extras_smoke.py llamaindex  # pip install "rkllm-py[llamaindex]"
     python scripts/extras_smoke.py host        # pip install "rkllm-py[host]"
+    python scripts/extras_smoke.py server      # pip install "rkllm-py[server]"
 
 Every extra gets the core checks (import, a preset rendered, one scripted chat through the chat
 engine on the host runtime, ``rkllm info``), then what the extra adds. Prints one line per check;
@@ -132,6 +133,68 @@ def llamaindex(model: Path) -> None:
     check("RKLLMEmbedding", embeddings)
 
 
+def core_only(model: Path) -> None:
+    def serve_needs_extra() -> None:
+        # without the server extra, `rkllm serve` says which extra to install and exits 2
+        done = subprocess.run([str(Path(sys.executable).parent / "rkllm"), "serve", str(model)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and 'pip install "rkllm-py[server]"' in done.stderr, done
+
+    check("rkllm serve without the extra names it", serve_needs_extra)
+
+
+def server(model: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a free port on loopback for this check
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RKLLM_LIBRARY_PATH": "host"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "rkllm"), "serve", str(model),
+                             "--port", str(port), "--preset", "qwen2",
+                             "--max-context-len", "512"], env=env)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"rkllm serve exited with {proc.returncode}"
+            try:
+                if httpx.get(url + "/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "rkllm serve did not start in 120 s"
+            time.sleep(0.2)
+
+        def openai_chat() -> None:
+            from openai import OpenAI
+
+            client = OpenAI(base_url=url + "/v1", api_key="unused")
+            reply = client.chat.completions.create(
+                model="assistant", messages=[{"role": "user", "content": "Hi"}])
+            assert reply.choices[0].message.content == REPLY, reply
+
+        def ollama_chat() -> None:
+            import ollama
+
+            reply = ollama.Client(host=url).chat(
+                model="assistant:latest", messages=[{"role": "user", "content": "Hi"}])
+            assert reply.message.content == REPLY, reply
+
+        def metrics() -> None:
+            assert "rkllm_requests_total" in httpx.get(url + "/metrics").text
+
+        check("rkllm serve answers the openai client", openai_chat)
+        check("rkllm serve answers the ollama client", ollama_chat)
+        check("rkllm serve /metrics", metrics)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def host(_model: Path) -> None:
     def build() -> None:
         subprocess.run([str(Path(sys.executable).parent / "rkllm"), "host", "build",
@@ -151,7 +214,8 @@ def host(_model: Path) -> None:
 
 
 EXTRAS: dict[str, Callable[[Path], None]] = {
-    "core": core, "langchain": langchain, "llamaindex": llamaindex, "host": host}
+    "core": core_only, "langchain": langchain, "llamaindex": llamaindex, "host": host,
+    "server": server}
 
 
 def main(extra: str) -> None:
@@ -162,8 +226,7 @@ def main(extra: str) -> None:
         model = Path(tmp) / "assistant.scripted"
         model.write_text(SCRIPTED)
         core(model)
-        if extra != "core":
-            EXTRAS[extra](model)
+        EXTRAS[extra](model)
 
 
 if __name__ == "__main__":

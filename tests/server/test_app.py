@@ -128,3 +128,13 @@ def test_the_queue_is_fifo_and_refuses_beyond_max_queue(tmp_path: Path) -> None:
     asyncio.run(main())
     assert order == [0, 1, 2] and served.stats.refused == 1
     registry.close()
+
+
+def test_the_shipped_board_config_and_unit_are_consistent() -> None:
+    deploy = Path(__file__).resolve().parents[2] / "docs" / "deploy"
+    config = load_config(deploy / "serve.toml")
+    assert config.host == "0.0.0.0" and config.isolated and config.api_key is None
+    assert [(m.id, m.role) for m in config.models] == [("qwen2.5-1.5b", "chat"),
+                                                       ("qwen3-embedding", "embedding")]
+    unit = (deploy / "rkllm-serve.service").read_text()
+    assert "rkllm serve --config /etc/rkllm/serve.toml" in unit
