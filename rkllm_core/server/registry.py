@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,8 @@ from rkllm_core.server.config import ModelConfig
 if TYPE_CHECKING:
     from rkllm_core.backend import Backend
     from rkllm_core.chat import ChatEngine
+    from rkllm_core.server.metrics import Metrics
+    from rkllm_core.server.turns import StartedStream, TurnRequest
 
 logger = logging.getLogger("rkllm_core.server")
 
@@ -165,6 +167,46 @@ class ServedModel:
         if self._backend is not None:
             self._backend.close()
         self._backend = self._chat = None
+
+    # -- what the routes call ------------------------------------------------------------------
+
+    async def start_turn(self, request: TurnRequest, metrics: Metrics, arrived: float, *,
+                         timeout: float | None = None) -> StartedStream:
+        """Start a chat turn in this model's queue (:func:`~rkllm_core.server.turns.run_turn`)
+        and wait for its first chunk; iterate the result for every chunk, then the
+        :class:`~rkllm_core.chat.ChatResult`."""
+        from rkllm_core.server.turns import run_turn, start
+
+        return await start(run_turn(self, request, metrics, arrived, timeout=timeout))
+
+    async def start_completion(self, prompt: str, metrics: Metrics, arrived: float, *,
+                               max_new_tokens: int | None = None,
+                               sampling: Mapping[str, Any] | None = None,
+                               stop: Sequence[str] = (),
+                               timeout: float | None = None) -> StartedStream:
+        """Start a raw text completion of ``prompt`` (no chat template) and wait for its first
+        chunk; iterate the result for :class:`~rkllm_core.StreamChunk` pieces, then the
+        :class:`~rkllm_core.GenerationResult`."""
+        from rkllm_core.server.turns import run_completion, start
+
+        return await start(run_completion(
+            self, prompt, max_new_tokens=max_new_tokens, sampling=sampling or {}, stop=stop,
+            metrics=metrics, arrived=arrived, timeout=timeout))
+
+    async def embed(self, texts: Sequence[str], **options: Any) -> Any:
+        """Embeddings of ``texts`` (an array, one row each) in this model's queue; ``options``
+        are :class:`~rkllm_core.backend.EmbedOptions`."""
+        async with self.turn("embed"):
+            return await self.backend.aembed(list(texts), **options)
+
+    async def rerank(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
+        """Relevance of each document to ``query`` (0-1) in this model's queue, with the yes/no
+        token ids of the config when it gives them."""
+        cfg = self.config
+        options.setdefault("yes_token_id", cfg.yes_token_id)
+        options.setdefault("no_token_id", cfg.no_token_id)
+        async with self.turn("embed"):
+            return await self.backend.arerank(query, list(documents), **options)
 
     # -- the queue ---------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from typing import Any, cast
 
 from rkllm_core.chat import ChatChunk, ChatMessage, ChatResult, ToolSpec
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
+from rkllm_core.results import GenerationResult, StreamChunk
 from rkllm_core.server.metrics import Metrics
 from rkllm_core.server.registry import ServedModel
 
@@ -144,6 +145,91 @@ async def run_turn(served: ServedModel, request: TurnRequest, metrics: Metrics,
     usage = result.usage
     metrics.count_turn(served.id, usage.input_tokens, cached_tokens(result),
                        usage.output_tokens, result.reused_cache)
+    yield result
+
+
+class StartedStream:
+    """A turn or completion that has started: its queue turn came and its first item is
+    here, so errors before any output (a full queue, bad tools, a crash during prefill) are
+    still plain HTTP errors. Iterate it for every item, the first included; ``replica`` names
+    the board or slot that runs it (``X-RKLLM-Replica``), ``None`` on a single server.
+
+    Example:
+        >>> import asyncio
+        >>> from rkllm_core.server.turns import StartedStream, start
+        >>> async def numbers():
+        ...     for i in range(3):
+        ...         yield i
+        >>> async def main() -> list[int]:
+        ...     started = await start(numbers())
+        ...     return [i async for i in started]
+        >>> asyncio.run(main())
+        [0, 1, 2]
+    """
+
+    def __init__(self, first: Any, rest: AsyncGenerator[Any, None], replica: str | None) -> None:
+        self._first: list[Any] = [first]
+        self._rest = rest
+        self.replica = replica
+
+    def headers(self) -> dict[str, str]:
+        """The response headers that name the replica, if any."""
+        return {"X-RKLLM-Replica": self.replica} if self.replica else {}
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async with contextlib.aclosing(self._rest):
+            while self._first:
+                yield self._first.pop()
+            async for item in self._rest:
+                yield item
+
+    async def aclose(self) -> None:
+        """End it early (the run is aborted)."""
+        await self._rest.aclose()
+
+
+async def start(items: AsyncIterator[Any], replica: str | None = None) -> StartedStream:
+    """Wait for the first item of ``items``; raises what the start raised."""
+    generator = cast(AsyncGenerator[Any, None], items)
+    try:
+        first = await anext(generator)
+    except StopAsyncIteration:
+        raise RuntimeError("the stream ended before its result") from None
+    except BaseException:
+        await generator.aclose()
+        raise
+    return StartedStream(first, generator, replica)
+
+
+async def run_completion(served: ServedModel, prompt: str, *, max_new_tokens: int | None,
+                         sampling: Mapping[str, Any], stop: Sequence[str],
+                         metrics: Metrics, arrived: float, timeout: float | None = None,
+                         ) -> AsyncIterator[StreamChunk | GenerationResult]:
+    """A raw completion: ``prompt`` sent as written (no chat template), on a cleared KV cache;
+    its :class:`~rkllm_core.StreamChunk` pieces, then its
+    :class:`~rkllm_core.GenerationResult`."""
+    from rkllm_core.backend import ClearKVCache, SetChatTemplate
+
+    async with served.turn("completion"):
+        backend = served.backend
+        setup: list[Any] = [ClearKVCache()]
+        if backend.capabilities.chat_template:
+            setup.insert(0, SetChatTemplate("", "", ""))
+        stream = backend.astream(prompt, max_new_tokens=max_new_tokens,
+                                 sampling=sampling_for(served, sampling), stop=list(stop),
+                                 setup=setup, timeout=timeout)
+        first = True
+        async with contextlib.aclosing(cast(AsyncGenerator[StreamChunk, None],
+                                            aiter(stream))) as chunks:
+            async for chunk in chunks:
+                if first and chunk.text:
+                    metrics.ttft.labels(model=served.id).observe(time.monotonic() - arrived)
+                    first = False
+                yield chunk
+        result = stream.result
+    perf = result.perf
+    metrics.count_turn(served.id, perf.prefill_tokens or 0 if perf else 0, 0,
+                       len(result.token_ids), False)
     yield result
 
 
