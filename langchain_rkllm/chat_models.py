@@ -36,11 +36,12 @@ from rkllm_core.chat.engine import ChatResult as TurnResult
 from rkllm_core.chat.messages import ToolSpec
 from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.errors import InvalidParameterError
+from rkllm_core.settings import SamplingDefaults, load_backend, model_params, run_sampling
 
 StructuredMethod = Literal["function_calling", "json_schema", "json_mode"]
 
 
-class ChatRKLLM(LoadedModel, BaseChatModel):
+class ChatRKLLM(LoadedModel, SamplingDefaults, BaseChatModel):
     r"""Chat with an RKLLM model on a Rockchip NPU, through ``librkllmrt.so``.
 
     Without a board the same class runs on rkllm-py's host runtime (``library="host"``): a GGUF
@@ -71,8 +72,9 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
     Key init args — generation:
         max_tokens: int | None
             Most new tokens per reply.
-        temperature, top_k, top_p, repeat_penalty, frequency_penalty, presence_penalty
-            Sampling; the load-time values, overridable per call from runtime 1.3.0.
+        temperature, top_k, top_p, repeat_penalty, frequency_penalty, presence_penalty, mirostat
+            Sampling (:class:`rkllm_core.settings.SamplingDefaults`); the load-time values,
+            overridable per call from runtime 1.3.0.
         stop: list[str] | None
             Stop sequences, cut exactly on the stream (per call: ``stop=``).
         reasoning: bool | None
@@ -177,12 +179,6 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
     """
 
     max_tokens: int | None = Field(default=None, description="Most new tokens per reply.")
-    temperature: float | None = Field(default=None, description="Sampling temperature.")
-    top_k: int | None = Field(default=None, description="Top-k sampling (1 = greedy).")
-    top_p: float | None = Field(default=None, description="Nucleus sampling.")
-    repeat_penalty: float | None = Field(default=None, description="Repetition penalty.")
-    frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
-    presence_penalty: float | None = Field(default=None, description="Presence penalty.")
     stop: list[str] | None = Field(default=None, alias="stop_sequences",
                                    description="Stop sequences, cut exactly on the stream.")
     reasoning: bool | None = Field(
@@ -222,7 +218,7 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_path": self.model_path, "chat_mode": self._chat.mode,
-                "max_tokens": self.max_tokens, **self._load_params()}
+                "max_tokens": self.max_tokens, **model_params(self)}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model = kwargs.get("model")
@@ -250,12 +246,8 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
         assert self._override_engines is not None
         engine = self._override_engines.get(model)
         if engine is None:
-            from rkllm_core.shared import shared_model
-
-            loaded = shared_model(model, library=self.library,
-                                  runtime_version=self.runtime_version, **self._load_params())
-            engine = ChatEngine(loaded, mode=self.chat_mode, preset=self.preset,
-                                tokenizer=self.tokenizer)
+            engine = ChatEngine(load_backend(self, model_path=model), mode=self.chat_mode,
+                                preset=self.preset, tokenizer=self.tokenizer)
             self._override_engines[model] = engine
         return engine, Path(model).name
 
@@ -269,7 +261,8 @@ class ChatRKLLM(LoadedModel, BaseChatModel):
             enable_thinking=bool(reasoning),
             stop=list(stop if stop is not None else self.stop or []),
             max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-            sampling=self._sampling(kwargs), timeout=kwargs.get("timeout", self.timeout))
+            sampling=run_sampling(self, self._core, kwargs),
+            timeout=kwargs.get("timeout", self.timeout))
 
     @staticmethod
     def _structured_args(args: dict[str, Any], response_format: Any) -> tuple[

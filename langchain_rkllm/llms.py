@@ -12,6 +12,7 @@ from pydantic import Field
 
 from langchain_rkllm._model import LoadedModel
 from rkllm_core.model import GenerationResult
+from rkllm_core.settings import SamplingDefaults, model_params, run_sampling
 
 
 def _generation_info(result: GenerationResult) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def _token_usage(infos: list[dict[str, Any]]) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-class RKLLM(LoadedModel, BaseLLM):
+class RKLLM(LoadedModel, SamplingDefaults, BaseLLM):
     r"""Plain completions from an RKLLM model: text in, text out, streamed token by token.
 
     Each prompt is an independent run (no conversation is kept); the runtime applies the chat
@@ -49,8 +50,8 @@ class RKLLM(LoadedModel, BaseLLM):
             ``ChatRKLLM`` / ``RKLLMEmbeddings`` naming the same file and settings.
         library: str | None
             ``librkllmrt.so`` path or ``"host"``.
-        max_context_len, max_tokens, temperature, top_k, top_p, repeat_penalty...
-            Context size, reply length and sampling.
+        max_context_len, max_tokens, temperature, top_k, top_p, repeat_penalty, mirostat...
+            Context size, reply length and sampling (:mod:`rkllm_core.settings`).
         stop: list[str] | None
             Stop sequences, cut exactly on the stream.
         client: rkllm_core.RKLLM | None
@@ -90,12 +91,6 @@ class RKLLM(LoadedModel, BaseLLM):
     """
 
     max_tokens: int | None = Field(default=None, description="Most new tokens per completion.")
-    temperature: float | None = Field(default=None, description="Sampling temperature.")
-    top_k: int | None = Field(default=None, description="Top-k sampling (1 = greedy).")
-    top_p: float | None = Field(default=None, description="Nucleus sampling.")
-    repeat_penalty: float | None = Field(default=None, description="Repetition penalty.")
-    frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
-    presence_penalty: float | None = Field(default=None, description="Presence penalty.")
     stop: list[str] | None = Field(default=None, alias="stop_sequences",
                                    description="Stop sequences, cut exactly on the stream.")
     timeout: float | None = Field(default=None, description="Seconds a call may wait plus run.")
@@ -112,7 +107,7 @@ class RKLLM(LoadedModel, BaseLLM):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_path": self.model_path, "max_tokens": self.max_tokens,
-                **self._load_params()}
+                **model_params(self)}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(ls_provider="rkllm", ls_model_type="llm",
@@ -128,7 +123,8 @@ class RKLLM(LoadedModel, BaseLLM):
     def _run_args(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         return dict(stop=list(stop if stop is not None else self.stop or []) or None,
                     max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-                    sampling=self._sampling(kwargs), timeout=kwargs.get("timeout", self.timeout))
+                    sampling=run_sampling(self, self._core, kwargs),
+                    timeout=kwargs.get("timeout", self.timeout))
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, model_validator
+from llama_index.core.bridge.pydantic import Field
 
-from llama_index_rkllm._client import SharesLoadedModel, resolve_client
+from rkllm_core.settings import ModelSettings
 
 
-class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
+class RKLLMEmbedding(ModelSettings, BaseEmbedding):
     """Text and query embeddings over :meth:`rkllm_core.RKLLM.embed` (last-hidden-layer mode).
 
     Each text is one run on the model (pooled over its tokens and L2-normalised by default);
@@ -40,15 +40,6 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
         True
     """
 
-    model_path: str | None = Field(default=None, description="The model file (.rkllm; "
-                                   ".gguf or scripted on the host runtime).")
-    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
-    isolated: bool = Field(default=False, description="Run the runtime in a child process "
-                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
-                           "in flight and the next call starts a new process.")
-    runtime_version: str | None = Field(
-        default=None, description="The runtime release when detection should not decide.")
-    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
     pooling: Literal["mean", "last"] = Field(
         default="mean", description="Mean over the tokens, or the last token (for models "
         "trained for last-token pooling, such as Qwen3-Embedding).")
@@ -56,18 +47,10 @@ class RKLLMEmbedding(SharesLoadedModel, BaseEmbedding):
     query_instruction: str | None = Field(default=None, description="Instruction for queries.")
     text_instruction: str | None = Field(default=None, description="Instruction for documents.")
     timeout: float | None = Field(default=None, description="Seconds one text may take.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
-                                         "rkllm_core.ModelParams fields.")
-    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
 
-    @model_validator(mode="after")
-    def _load(self) -> RKLLMEmbedding:
-        self.client, self.model_path = resolve_client(
-            "RKLLMEmbedding", self.client, self.model_path, self.library, self.runtime_version,
-            {**self.model_kwargs, "max_context_len": self.max_context_len}, isolated=self.isolated)
+    def _on_connect(self) -> None:
         if self.model_name == "unknown":
             self.model_name = Path(self.model_path or "rkllm").name
-        return self
 
     @classmethod
     def class_name(cls) -> str:

@@ -22,7 +22,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
@@ -36,7 +36,6 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 
-from llama_index_rkllm._client import SharesLoadedModel, resolve_client
 from llama_index_rkllm._convert import (
     StreamAccumulator,
     raw_response,
@@ -50,7 +49,7 @@ from llama_index_rkllm._convert import (
 from rkllm_core.chat.engine import ChatEngine, ChatResult
 from rkllm_core.chat.messages import ChatMessage as CoreMessage
 from rkllm_core.chat.messages import ToolSpec
-from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
+from rkllm_core.settings import ModelSettings, SamplingDefaults, run_sampling
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Generator
@@ -61,7 +60,7 @@ if TYPE_CHECKING:
 dispatcher = instrument.get_dispatcher(__name__)  # type: ignore[attr-defined]
 
 
-class RKLLM(SharesLoadedModel, FunctionCallingLLM):
+class RKLLM(ModelSettings, SamplingDefaults, FunctionCallingLLM):
     """A LlamaIndex LLM on a ``.rkllm`` model, with native tool calling for agents.
 
     Without a board, the same class runs on rkllm-py's host runtime (``library="host"``), with a
@@ -79,8 +78,9 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         model_path: the ``.rkllm`` file (``.gguf`` or scripted on the host runtime).
         client: an already loaded :class:`rkllm_core.RKLLM`, instead of ``model_path``.
         library: ``librkllmrt.so`` path or ``"host"``. max_context_len: context size.
-        max_tokens: most new tokens per reply. temperature, top_k, top_p, repeat_penalty...:
-        sampling. stop: stop sequences. reasoning: ``enable_thinking`` for reasoning models.
+        max_tokens: most new tokens per reply. temperature, top_k, top_p, repeat_penalty,
+        mirostat...: sampling (:class:`rkllm_core.settings.SamplingDefaults`). stop: stop
+        sequences. reasoning: ``enable_thinking`` for reasoning models.
         chat_mode / preset / tokenizer: how conversations reach the model
         (:mod:`rkllm_core.chat.engine`). structured_output_method: ``function_calling`` or
         ``json_schema`` for :meth:`structured_predict`.
@@ -129,22 +129,7 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
         ('Hello from the NPU!', 'Paris.', 'Hello from the NPU!', 'Hello from the NPU!')
     """
 
-    model_path: str | None = Field(default=None, description="The model file (.rkllm; "
-                                   ".gguf or scripted on the host runtime).")
-    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
-    isolated: bool = Field(default=False, description="Run the runtime in a child process "
-                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
-                           "in flight and the next call starts a new process.")
-    runtime_version: str | None = Field(
-        default=None, description="The runtime release when detection should not decide.")
-    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
     max_tokens: int | None = Field(default=None, description="Most new tokens per reply.")
-    temperature: float | None = Field(default=None, description="Sampling temperature.")
-    top_k: int | None = Field(default=None, description="Top-k sampling (1 = greedy).")
-    top_p: float | None = Field(default=None, description="Nucleus sampling.")
-    repeat_penalty: float | None = Field(default=None, description="Repetition penalty.")
-    frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
-    presence_penalty: float | None = Field(default=None, description="Presence penalty.")
     stop: list[str] | None = Field(default=None, description="Stop sequences, applied exactly "
                                    "on the stream.")
     reasoning: bool = Field(default=False, description="enable_thinking for reasoning models; "
@@ -160,29 +145,12 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
     structured_output_method: Literal["function_calling", "json_schema"] = Field(
         default="function_calling", description="How structured_predict asks for the schema: "
         "a required tool call, or JSON in the system prompt.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
-                                         "rkllm_core.ModelParams fields.")
-    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
 
     _engine: ChatEngine | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _load(self) -> RKLLM:
-        self.client, self.model_path = resolve_client(
-            "RKLLM", self.client, self.model_path, self.library, self.runtime_version,
-            self._model_params(), isolated=self.isolated)
+    def _on_connect(self) -> None:
         self._engine = ChatEngine(self.client, mode=self.chat_mode, preset=self.preset,
                                   tokenizer=self.tokenizer)
-        return self
-
-    def _model_params(self) -> dict[str, Any]:
-        params = {"max_context_len": self.max_context_len, "top_k": self.top_k,
-                  "top_p": self.top_p, "temperature": self.temperature,
-                  "repeat_penalty": self.repeat_penalty,
-                  "frequency_penalty": self.frequency_penalty,
-                  "presence_penalty": self.presence_penalty}
-        params.update(self.model_kwargs)
-        return {k: v for k, v in params.items() if v is not None}
 
     @classmethod
     def class_name(cls) -> str:
@@ -222,19 +190,13 @@ class RKLLM(SharesLoadedModel, FunctionCallingLLM):
     def _call_args(self, messages: list[CoreMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
         tools = _tool_specs(kwargs.get("tools") or ())
         choice = tool_choice_name(kwargs.get("tool_choice"), bool(kwargs.get("tool_required")))
-        sampling = None
-        overrides = {k: kwargs[k] for k in SAMPLING_FIELDS if k in kwargs}
-        if overrides:
-            # start from the model's own sampling, not Rockchip's defaults, so only the
-            # overridden fields change
-            loaded = {k: getattr(self.client.params, k) for k in SAMPLING_FIELDS}
-            sampling = SamplingParams(**{**loaded, **overrides})
         stop = kwargs.get("stop", self.stop)
         return dict(messages=messages, tools=tools, tool_choice=choice,
                     enable_thinking=bool(kwargs.get("reasoning", self.reasoning)),
                     stop=list(stop or []),
                     max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-                    sampling=sampling, timeout=kwargs.get("timeout", self.timeout))
+                    sampling=run_sampling(self, self.client, kwargs),
+                    timeout=kwargs.get("timeout", self.timeout))
 
     def _completion_messages(self, prompt: str, formatted: bool) -> list[CoreMessage]:
         formatter = self.completion_to_prompt

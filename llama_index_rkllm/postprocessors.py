@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, model_validator
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from llama_index_rkllm._client import SharesLoadedModel, resolve_client
 from rkllm_core.errors import InvalidParameterError
+from rkllm_core.settings import ModelSettings
 
 
-class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
+class RKLLMRerank(ModelSettings, BaseNodePostprocessor):
     """A node postprocessor over :meth:`rkllm_core.RKLLM.rerank` for ``node_postprocessors``.
 
     Each node's score becomes P("yes") of the model's yes/no judgement of the node for the
@@ -51,14 +51,6 @@ class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
         'Paris is the capital.'
     """
 
-    model_path: str | None = Field(default=None, description="The reranker model file.")
-    library: str | None = Field(default=None, description="librkllmrt.so path or 'host'.")
-    isolated: bool = Field(default=False, description="Run the runtime in a child process "
-                           "(rkllm_core.IsolatedRKLLM): a crash in librkllmrt fails the calls "
-                           "in flight and the next call starts a new process.")
-    runtime_version: str | None = Field(
-        default=None, description="The runtime release when detection should not decide.")
-    max_context_len: int | None = Field(default=None, description="Context size in tokens.")
     top_n: int = Field(default=3, ge=1, description="How many nodes to keep, best first.")
     instruction: str | None = Field(default=None, description="The judgement's instruction "
                                     "(default: whether the document meets the query).")
@@ -69,16 +61,6 @@ class RKLLMRerank(SharesLoadedModel, BaseNodePostprocessor):
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the retriever's score in metadata['retrieval_score'].")
     timeout: float | None = Field(default=None, description="Seconds one document may take.")
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="More "
-                                         "rkllm_core.ModelParams fields.")
-    client: Any = Field(default=None, exclude=True, description="A loaded rkllm_core.RKLLM.")
-
-    @model_validator(mode="after")
-    def _load(self) -> RKLLMRerank:
-        self.client, self.model_path = resolve_client(
-            "RKLLMRerank", self.client, self.model_path, self.library, self.runtime_version,
-            {**self.model_kwargs, "max_context_len": self.max_context_len}, isolated=self.isolated)
-        return self
 
     @classmethod
     def class_name(cls) -> str:
