@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkllm_core.errors import RKLLMError
@@ -106,29 +108,46 @@ class QueueStats:
         return max(1, round(per_turn * max(1, self.waiting)))
 
 
+@dataclass
+class Lane:
+    """One loaded model's queue: the FIFO lock, who last used its KV cache, and the counts.
+    Served ids that name the same file with the same settings (a chat and an embedding id of
+    one model) share one loaded model, so they share its lane."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    owner: str | None = None
+    stats: QueueStats = field(default_factory=QueueStats)
+
+
 class ServedModel:
     """One model of the server: its config, its loaded backend, its chat engine and its queue.
 
     Example: see :mod:`rkllm_core.server.registry`.
     """
 
-    def __init__(self, config: ModelConfig, *, isolated: bool, max_queue: int) -> None:
+    def __init__(self, config: ModelConfig, *, isolated: bool, max_queue: int,
+                 lane: Lane | None = None) -> None:
         self.config = config
         self.id = config.id
         self.isolated = config.isolated if config.isolated is not None else isolated
         self.max_queue = max_queue
-        self.stats = QueueStats()
+        self._lane = lane or Lane()
+        self.stats = self._lane.stats
         self.created = int(time.time())
         self._backend: Backend | None = None
         self._chat: ChatEngine | None = None
-        self._lock = asyncio.Lock()  # FIFO: a new caller never overtakes one that waits
-        self._owner: str | None = None
+        self._lock = self._lane.lock  # FIFO: a new caller never overtakes one that waits
 
     # -- the model ---------------------------------------------------------------------------
 
     def load(self) -> None:
         """Load the model now (the server does this for every model at start)."""
         _ = self.chat if self.config.role == "chat" else self.backend
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded (every model is, once the server has started)."""
+        return self._backend is not None and not self._backend.closed
 
     @property
     def backend(self) -> Backend:
@@ -230,10 +249,10 @@ class ServedModel:
         started = time.monotonic()
         stats.running = 1
         try:
-            held = self._owner == owner
+            held = self._lane.owner == owner
             if not held and owner == "chat" and self._chat is not None:
                 self._chat.reset()  # someone else used the cache: replay the conversation
-            self._owner = owner
+            self._lane.owner = owner
             yield held
         finally:
             stats.running = 0
@@ -250,8 +269,14 @@ class ModelRegistry:
 
     def __init__(self, models: Sequence[ModelConfig], *, isolated: bool = False,
                  max_queue: int = 32) -> None:
-        self.models = {m.id: ServedModel(m, isolated=isolated, max_queue=max_queue)
-                       for m in models}
+        lanes: dict[str, Lane] = {}
+        self.models: dict[str, ServedModel] = {}
+        for m in models:
+            alone = m.isolated if m.isolated is not None else isolated
+            key = json.dumps([str(Path(m.path).expanduser().resolve()), m.library,
+                              m.runtime_version, alone, m.params], sort_keys=True, default=str)
+            self.models[m.id] = ServedModel(m, isolated=isolated, max_queue=max_queue,
+                                            lane=lanes.setdefault(key, Lane()))
 
     def get(self, name: str | None, role: str | None = None) -> ServedModel:
         """The model named ``name`` (``id`` or ``id:latest``); with ``role``, one that serves

@@ -138,3 +138,25 @@ def test_the_shipped_board_config_and_unit_are_consistent() -> None:
                                                        ("qwen3-embedding", "embedding")]
     unit = (deploy / "rkllm-serve.service").read_text()
     assert "rkllm serve --config /etc/rkllm/serve.toml" in unit
+
+
+def test_two_ids_of_one_model_file_share_its_queue(tmp_path: Path) -> None:
+    chat = tiny(tmp_path)
+    embed = chat.model_copy(update={"id": "tiny-embed", "role": "embedding"})
+    other = tiny(tmp_path, "other")
+    registry = ModelRegistry([chat, embed, other], max_queue=0)
+
+    async def main() -> None:
+        async with registry.get("tiny").turn("chat"):
+            # the same loaded model: its other id waits in the same queue (full at 0 waiting)
+            with pytest.raises(QueueFullError):
+                async with registry.get("tiny-embed").turn("embed"):
+                    pass
+            async with registry.get("other").turn("chat"):  # another model: its own queue
+                pass
+
+    asyncio.run(main())
+    registry.load_all()
+    assert registry.get("tiny").backend is registry.get("tiny-embed").backend
+    assert registry.get("tiny").loaded and registry.get("other").loaded
+    registry.close()
