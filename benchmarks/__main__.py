@@ -19,7 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import embeddings, imports, latency, multiturn, overhead, report, tokenizer
+from benchmarks import (
+    embeddings,
+    imports,
+    latency,
+    multiturn,
+    overhead,
+    report,
+    server,
+    tokenizer,
+)
 from benchmarks._common import Context, machine_info
 
 SUITES: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -29,6 +38,7 @@ SUITES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "embeddings": embeddings.run,
     "imports": imports.run,
     "tokenizer": tokenizer.run,
+    "server": server.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

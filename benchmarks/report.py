@@ -205,9 +205,35 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {r['engine']} ({r['tokenizer_class']}) | {_spread(r['load_ms'], 0)} | "
                        f"{_spread(r['first_encode_ms'], 2)} | {r['prompt_tokens']} |")
         out += [f"- note: {n}" for n in s["notes"]] + [""]
+    if "server" in suites:
+        out += _server_section(suites["server"])
     for name, error in results.get("errors", {}).items():
         out += [f"## {name}: failed", "", "```", error.rstrip(), "```", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _server_section(s: dict[str, Any]) -> list[str]:
+    o, r = s["overhead"], s["reuse"]
+    out = ["## 7. `rkllm serve` over the in-process stream", "",
+           f"Unpaced, {o['tokens_per_reply']} tokens per reply, {o['rounds']} rounds (the two "
+           "take turns); the client reads the raw SSE with httpx in the same process. Median "
+           "(min-max).", "", "| path | µs/token | time to first token, ms |", "|---|---:|---:|",
+           f"| ChatEngine.astream (in process) | {_spread(o['engine_us_per_token'])} | "
+           f"{_spread(o['engine_ttft_ms'], 2)} |",
+           f"| rkllm serve, /v1/chat/completions SSE | {_spread(o['server_us_per_token'])} | "
+           f"{_spread(o['server_ttft_ms'], 2)} |",
+           f"| **server adds** | {_spread(o['server_added_us_per_token'])} | "
+           f"{o['server_added_ttft_ms']:.2f} |", "",
+           f"Later turns of {r['turns']}-turn conversations, paced at {r['prefill_tps']:g} "
+           f"prefill / {r['decode_tps']:g} decode tokens/s, {r['reply_words']}-word replies, "
+           "every turn sending the whole history:", "",
+           "| concurrent conversations | later-turn TTFT ms, median (min-max) | "
+           "turns that reused the cache | prompt tokens from the cache |", "|---:|---:|---:|---:|"]
+    for n in (1, 8):
+        c = r[f"{n}_conversations"]
+        out.append(f"| {n} | {_spread(c['later_turn_ttft_ms'], 0)} | {c['turns_with_reuse']} of "
+                   f"{c['later_turns']} | {c['cached_fraction']:.0%} |")
+    return [*out, ""]
 
 
 def plots(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("overhead", "latency", "multiturn", "embeddings", "imports", "tokenizer")
+SUITES = ("overhead", "latency", "multiturn", "embeddings", "imports", "tokenizer", "server")
 
 
 def _smollm2_is_installed() -> bool:
@@ -80,6 +80,12 @@ def test_quick_run_measures_each_consumer(quick_run: tuple[dict[str, Any], Path]
         assert all(r["load_ms"]["median"] > 0 for r in tokenizer["rows"])
     else:
         assert tokenizer["rows"] == [] and "skipped" in tokenizer["notes"][0]
+    server = suites["server"]
+    # one conversation keeps its cache through the server; 8 interleaved ones replace it
+    assert server["reuse"]["1_conversations"]["turns_with_reuse"] == \
+        server["reuse"]["1_conversations"]["later_turns"]
+    assert server["reuse"]["8_conversations"]["later_turns"] == 8 * (
+        server["reuse"]["turns"] - 1)
 
 
 def test_quick_run_writes_markdown_next_to_the_json(
@@ -88,3 +94,4 @@ def test_quick_run_writes_markdown_next_to_the_json(
     report = (out / "quick.md").read_text()
     assert "## Targets" in report and "## 5. Import time and memory" in report
     assert "## 6. Tokenizer load (tokens mode)" in report
+    assert "## 7. `rkllm serve` over the in-process stream" in report
