@@ -241,12 +241,22 @@ def tool_specs(tools: Any, where: str = "tools") -> list[ToolSpec]:
     specs = []
     for j, tool in enumerate(tools or []):
         if not isinstance(tool, Mapping) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
-            raise InvalidParameterError(
-                f"{where}[{j}]: {kind!r} tools are not supported here; give function tools "
-                "({\"type\": \"function\", ...})")
+            raise unsupported_tool(tool, f"{where}[{j}]")
         specs.append(ToolSpec.from_openai(tool))
     return specs
+
+
+def unsupported_tool(tool: Any, where: str) -> InvalidParameterError:
+    """The error for a tool that is not a function tool (built-in, custom, MCP...).
+
+    Example:
+        >>> from rkllm_core.server.openai_convert import unsupported_tool
+        >>> print(unsupported_tool({"type": "web_search"}, "tools[0]"))
+        tools[0]: 'web_search' tools are not supported here; give function tools (...)
+    """
+    kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
+    return InvalidParameterError(f"{where}: {kind!r} tools are not supported here; give "
+                                 "function tools ({\"type\": \"function\", ...})")
 
 
 def tool_choice_of(choice: Any, tools: list[ToolSpec]) -> tuple[str, list[ToolSpec]]:

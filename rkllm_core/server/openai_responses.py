@@ -68,6 +68,7 @@ from rkllm_core.server.openai_convert import (
     thinking_of,
     tool_choice_of,
     tool_specs,
+    unsupported_tool,
     validate,
 )
 from rkllm_core.server.turns import TurnRequest, cached_tokens, run_turn
@@ -158,6 +159,31 @@ def input_messages(items: Any, instructions: str | None = None) -> list[ChatMess
     return out
 
 
+def function_tools(tools: Any) -> list[dict[str, Any]]:
+    """The Responses API's ``tools``, checked as the ``openai`` package's ``FunctionToolParam``
+    (``strict`` and ``parameters`` may be left out, as the API allows); other kinds of tool are
+    refused.
+
+    Example:
+        >>> from rkllm_core.server.openai_responses import function_tools
+        >>> function_tools([{"type": "function", "name": "f"}])
+        [{'name': 'f', 'parameters': None, 'strict': None, 'type': 'function'}]
+    """
+    from openai.types.responses import FunctionToolParam
+
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidParameterError("tools must be a list of function tools")
+    checked = []
+    for j, tool in enumerate(tools):
+        if not isinstance(tool, Mapping) or tool.get("type") != "function":
+            raise unsupported_tool(tool, f"tools[{j}]")
+        checked.append(validate(FunctionToolParam, {"strict": None, "parameters": None, **tool},
+                                f"tools[{j}]"))
+    return checked
+
+
 @dataclass
 class ResponsesCall:
     """A Responses API request read: the model, the turn, whether to stream, and the checked
@@ -182,8 +208,9 @@ class ResponsesCall:
         into the engine's terms; unknown fields are ignored."""
         from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
-        # input items are checked one by one against the type of their kind (clearer errors)
-        params = validate(ResponseCreateParamsBase, {**body, "input": ""})
+        # input items and tools are checked one by one against the type of their kind
+        params = validate(ResponseCreateParamsBase, {**body, "input": "", "tools": []})
+        params["tools"] = function_tools(body.get("tools"))
         if "input" not in body:
             raise InvalidParameterError("input is required: a string or a list of input items")
         for name in ("previous_response_id", "conversation"):

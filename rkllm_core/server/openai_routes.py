@@ -71,15 +71,18 @@ async def retrieve_model(request: Request, model: str) -> dict[str, Any]:
 # -- embeddings ------------------------------------------------------------------------------------
 
 def embedding_texts(value: Any) -> list[str]:
-    """The texts of an embeddings ``input``: one string or a list of strings; token ids are
-    refused (the runtime takes text here).
+    """The texts of an embeddings ``input``: one string or a list of strings; token ids (a list
+    of ints, or of lists of ints) are refused: the runtime embeds text here.
 
     Example:
         >>> from rkllm_core.server.openai_routes import embedding_texts
         >>> embedding_texts("a cat"), embedding_texts(["a", "b"])
         (['a cat'], ['a', 'b'])
     """
-    texts = [value] if isinstance(value, str) else list(value)
+    if value is None:
+        raise InvalidParameterError("input is required: a string or a list of strings")
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, list) \
+        else [value]
     if not texts:
         raise InvalidParameterError("input is empty: give a string or a list of strings")
     if not all(isinstance(t, str) for t in texts):
@@ -96,8 +99,9 @@ async def embeddings(request: Request) -> dict[str, Any]:
     from openai.types.create_embedding_response import Usage
     from openai.types.embedding_create_params import EmbeddingCreateParams
 
-    params = validate(EmbeddingCreateParams, {"model": "", **await read_json(request)})
-    texts = embedding_texts(params["input"])
+    body = await read_json(request)
+    texts = embedding_texts(body.get("input"))
+    params = validate(EmbeddingCreateParams, {"model": "", **body, "input": texts})
     state = server_of(request)
     served = state.registry.get(params["model"])
     if served.config.role not in ("chat", "embedding"):
