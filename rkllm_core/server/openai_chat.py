@@ -125,6 +125,9 @@ class ChatCall:
         messages = chat_messages(body.get("messages"))
         if (params.get("n") or 1) > 1:
             raise InvalidParameterError("n > 1 is not supported here: send the request n times")
+        if params.get("functions") or params.get("function_call"):
+            raise InvalidParameterError("functions and function_call are deprecated and not "
+                                        "supported here; send tools and tool_choice")
         if params.get("logprobs") or params.get("top_logprobs"):
             raise InvalidParameterError("logprobs are not supported by this server; leave "
                                         "logprobs and top_logprobs unset")
@@ -135,7 +138,7 @@ class ChatCall:
             temperature=params.get("temperature"), top_p=params.get("top_p"),
             top_k=body.get("top_k"), frequency_penalty=params.get("frequency_penalty"),
             presence_penalty=params.get("presence_penalty"),
-            repeat_penalty=body.get("repeat_penalty"))
+            repeat_penalty=body.get("repeat_penalty", body.get("repetition_penalty")))
         turn = TurnRequest(
             messages, tools=tools, tool_choice=choice,
             enable_thinking=thinking_of(body, params.get("reasoning_effort")),

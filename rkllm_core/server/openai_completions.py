@@ -130,7 +130,7 @@ class CompletionCall:
             temperature=params.get("temperature"), top_p=params.get("top_p"),
             top_k=body.get("top_k"), frequency_penalty=params.get("frequency_penalty"),
             presence_penalty=params.get("presence_penalty"),
-            repeat_penalty=body.get("repeat_penalty"))
+            repeat_penalty=body.get("repeat_penalty", body.get("repetition_penalty")))
         options = params.get("stream_options") or {}
         return cls(str(params["model"]), prompt if isinstance(prompt, str) else None,
                    list(prompt) if isinstance(prompt, list) else None, flag(body, "stream"),

@@ -224,7 +224,8 @@ class ResponsesCall:
         schema, json_mode = schema_of((params.get("text") or {}).get("format"))
         sampling = sampling_of(
             temperature=params.get("temperature"), top_p=params.get("top_p"),
-            top_k=body.get("top_k"), repeat_penalty=body.get("repeat_penalty"),
+            top_k=body.get("top_k"),
+            repeat_penalty=body.get("repeat_penalty", body.get("repetition_penalty")),
             frequency_penalty=body.get("frequency_penalty"),
             presence_penalty=body.get("presence_penalty"))
         effort = (params.get("reasoning") or {}).get("effort")

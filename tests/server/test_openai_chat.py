@@ -235,6 +235,8 @@ def test_unknown_fields_are_ignored(tmp_path: Path, serve_models: Serve) -> None
     ({"model": "assistant", "messages": [{"role": "user", "content": "Hi"}],
       "tool_choice": {"type": "function", "function": {"name": "nope"}},
       "tools": [WEATHER_TOOL]}, 400, "nope"),
+    ({"model": "assistant", "messages": [{"role": "user", "content": "Hi"}],
+      "functions": [{"name": "f"}]}, 400, "tools"),
     ({"model": "nope", "messages": [{"role": "user", "content": "Hi"}]}, 404, "assistant"),
 ])
 def test_a_bad_request_is_an_openai_error(tmp_path: Path, serve_models: Serve, body: Any,
