@@ -61,6 +61,7 @@ from rkllm_core.server.openai_convert import (
     usage_of,
     validate,
 )
+from rkllm_core.server.registry import ServedModel
 from rkllm_core.server.turns import TurnRequest, run_turn
 from rkllm_core.server.wire import (
     SSE_DONE,
@@ -224,6 +225,17 @@ def _delta(chunk: ChatChunk, calls: ToolCallPieces) -> Any:
     return ChoiceDelta(**fields) if fields else None
 
 
+def start_turn(request: Request, model: str, wanted: TurnRequest,
+               arrived: float) -> tuple[ServedModel, Turn]:
+    """The chat model ``model`` names and its turn for ``wanted`` (not started until
+    iterated), run in the model's queue under the server's request timeout."""
+    state = server_of(request)
+    served = state.registry.get(model, "chat")
+    note_model(request, served.id)
+    return served, cast(Turn, run_turn(served, wanted, state.metrics, arrived,
+                                       timeout=state.config.request_timeout))
+
+
 async def turn_result(turn: Turn) -> ChatResult:
     """The :class:`~rkllm_core.chat.ChatResult` at the end of a :func:`run_turn` iteration
     (its chunks are dropped: a non-streamed answer is built from the result)."""
@@ -274,12 +286,8 @@ async def chat_completions(request: Request) -> Response:
     """OpenAI's Chat Completions (``stream`` true: SSE chunks)."""
     arrived = time.monotonic()
     call = ChatCall.read(await read_json(request))
-    state = server_of(request)
-    served = state.registry.get(call.model, "chat")
-    note_model(request, served.id)
+    served, turn = start_turn(request, call.model, call.turn, arrived)
     reply = _Reply(new_id("chatcmpl-"), int(time.time()), served.id)
-    turn = cast(Turn, run_turn(served, call.turn, state.metrics, arrived,
-                               timeout=state.config.request_timeout))
     if not call.stream:
         result = await until_disconnect(request, turn_result(turn))
         return JSONResponse(reply.completion(result))

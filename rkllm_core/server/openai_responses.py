@@ -45,15 +45,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from rkllm_core.chat import ChatChunk, ChatMessage, ChatResult, ToolCall
 from rkllm_core.errors import InvalidParameterError
-from rkllm_core.server.app import note_model, server_of
-from rkllm_core.server.openai_chat import Turn, first_item, flag, turn_result
+from rkllm_core.server.openai_chat import Turn, first_item, flag, start_turn, turn_result
 from rkllm_core.server.openai_convert import (
     CallPiece,
     ToolCallPieces,
@@ -71,7 +70,7 @@ from rkllm_core.server.openai_convert import (
     unsupported_tool,
     validate,
 )
-from rkllm_core.server.turns import TurnRequest, cached_tokens, run_turn
+from rkllm_core.server.turns import TurnRequest, cached_tokens
 from rkllm_core.server.wire import (
     log_failure,
     read_json,
@@ -507,12 +506,8 @@ async def create_response(request: Request) -> Response:
     """OpenAI's Responses API (``stream`` true: the typed event sequence as SSE)."""
     arrived = time.monotonic()
     call = ResponsesCall.read(await read_json(request))
-    state = server_of(request)
-    served = state.registry.get(call.model, "chat")
-    note_model(request, served.id)
+    served, turn = start_turn(request, call.model, call.turn, arrived)
     reply = _Reply(new_id("resp_"), int(time.time()), served.id, call.params)
-    turn = cast(Turn, run_turn(served, call.turn, state.metrics, arrived,
-                               timeout=state.config.request_timeout))
     if not call.stream:
         result = await until_disconnect(request, turn_result(turn))
         return JSONResponse(reply.finished(result))
