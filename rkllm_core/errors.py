@@ -111,3 +111,17 @@ class ModelClosedError(RKLLMError):
 class StaleKVCacheError(RKLLMError):
     """The KV cache no longer holds what the caller counted (cleared or trimmed behind its
     back); the run did not start. The chat engine replays the conversation when it sees it."""
+
+
+class RemoteUnavailableError(RKLLMError):
+    """The ``rkllm serve`` a :class:`rkllm_core.RemoteRKLLM` talks to cannot be reached, refused
+    this client (no or a wrong API key), or is not an ``rkllm serve``; the message names the URL
+    and what to check. ``partial_text`` is what a run in flight had produced when it was lost.
+    """
+
+    def __init__(self, message: str, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (str(self), self.partial_text)
