@@ -31,6 +31,7 @@ from rkllm_core.errors import (
     ModelClosedError,
     ModelLoadError,
     ModelWedgedError,
+    RemoteUnavailableError,
     RKLLMError,
     RunError,
     RuntimeCrashedError,
@@ -44,6 +45,7 @@ from rkllm_core.errors import (
 # `import rkllm_core`, the errors and the `rkllm` command start fast (PEP 562).
 _LAZY = {
     "IsolatedRKLLM": "rkllm_core.isolated",
+    "RemoteRKLLM": "rkllm_core.remote",  # needs httpx: imported only when asked for
     "RKLLM": "rkllm_core.model",
     "AsyncTextStream": "rkllm_core.model",
     "GenerationResult": "rkllm_core.model",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         TextStream,
     )
     from rkllm_core.params import ExtendParams, ModelParams, SamplingParams
+    from rkllm_core.remote import RemoteRKLLM
 
 
 def __getattr__(name: str) -> Any:
@@ -106,6 +109,8 @@ __all__ = [
     "ModelWedgedError",
     "PerfStats",
     "RKLLMError",
+    "RemoteRKLLM",
+    "RemoteUnavailableError",
     "RunError",
     "RunTimeoutError",
     "RuntimeCrashedError",

@@ -1,14 +1,15 @@
 """Where a model runs, seen from the chat layer and the adapters: the :class:`Backend` protocol,
 and what they ask a model to do on the runtime around a run, as plain data.
 
-Two backends implement the protocol: :class:`~rkllm_core.RKLLM` (the runtime in this process)
-and :class:`~rkllm_core.IsolatedRKLLM` (the runtime in a child process, so a crash costs a
-restart). The chat engine never calls the runtime itself: before a turn it may need the
-function tools set, the chat template replaced, the KV cache cleared or cut back, and its size
+Three backends implement the protocol: :class:`~rkllm_core.RKLLM` (the runtime in this
+process), :class:`~rkllm_core.IsolatedRKLLM` (the runtime in a child process, so a crash costs a
+restart) and :class:`~rkllm_core.RemoteRKLLM` (a model served by ``rkllm serve`` on another
+machine, over HTTP). The chat engine never calls the runtime itself: before a turn it may need
+the function tools set, the chat template replaced, the KV cache cleared or cut back, and its size
 checked. Each is a small frozen dataclass here, passed as ``setup=[...]`` to ``stream`` /
 ``generate`` (and their async twins). The model carries them out on its worker thread right
 before the run, with nothing in between, so they pickle to a child process as well as they run
-in this one.
+in this one, and travel as JSON to a server.
 
 Example:
     >>> import tempfile, pathlib
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from rkllm_core.isolated import IsolatedRKLLM
     from rkllm_core.model import RKLLM, GenerationResult, ImageInput, RuntimeInfo, StreamChunk
     from rkllm_core.params import SamplingParams
+    from rkllm_core.remote import RemoteRKLLM
 
 #: How far the runtime's KV size may differ from what a caller counted (an end token or two).
 KV_SIZE_SLACK = 2
@@ -214,7 +216,8 @@ class Backend(Protocol):
     :meth:`RKLLM.embed <rkllm_core.RKLLM.embed>` and :meth:`RKLLM.rerank
     <rkllm_core.RKLLM.rerank>`.
 
-    A static protocol (mypy checks both backends against it); ask ``is_backend`` at run time.
+    A static protocol (mypy checks the three backends against it); ask ``is_backend`` at run
+    time.
 
     Example:
         >>> import tempfile, pathlib
@@ -262,11 +265,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _conforms(here: RKLLM, there: IsolatedRKLLM) -> list[Backend]:
-    """Never called: mypy checks here that both backends implement the protocol."""
+def _conforms(here: RKLLM, there: IsolatedRKLLM, remote: RemoteRKLLM) -> list[Backend]:
+    """Never called: mypy checks here that the three backends implement the protocol."""
     first: Backend = here
     second: Backend = there
-    return [first, second]
+    third: Backend = remote
+    return [first, second, third]
 
 
 def is_backend(value: object) -> bool:
@@ -278,6 +282,12 @@ def is_backend(value: object) -> bool:
         >>> is_backend("model.rkllm")
         False
     """
+    import sys
+
+    # not imported here: only an imported rkllm_core.remote can have made one (and it needs httpx)
+    remote = sys.modules.get("rkllm_core.remote")
+    if remote is not None and isinstance(value, remote.RemoteRKLLM):
+        return True
     from rkllm_core.isolated import IsolatedRKLLM
     from rkllm_core.model import RKLLM
 

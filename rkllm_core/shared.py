@@ -4,6 +4,9 @@ An NPU holds a model once; loading it twice costs memory the board may not have 
 second init can crash runtime 1.3.0, rknn-llm issue 522). ``ChatRKLLM``, ``RKLLM`` (LLM) and the
 embeddings classes of both adapters ask here, so objects that name the same file and settings
 share one :class:`~rkllm_core.RKLLM`. A model is freed when no object uses it any more.
+:func:`shared_remote` does the same for a model served by ``rkllm serve``: objects naming the
+same server, model and key share one :class:`~rkllm_core.RemoteRKLLM` (one client, so one KV
+cache they take turns on, as they would in process).
 
 Example:
     >>> import tempfile, pathlib
@@ -18,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -70,3 +74,38 @@ def _load(model_path: str | os.PathLike[str], library: Any, runtime_version: str
     from rkllm_core.model import RKLLM
 
     return RKLLM(model_path, library=library, runtime_version=runtime_version, **params)
+
+
+def shared_remote(base_url: str, model: str | None = None, *, api_key: str | None = None,
+                  timeout: float | None = None) -> Backend:
+    """The process's :class:`~rkllm_core.RemoteRKLLM` for this server, model and key: the
+    model served by ``rkllm serve`` at ``base_url`` (needs ``pip install "rkllm-py[remote]"``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from rkllm_core.server import ModelConfig, ServerConfig
+        >>> from rkllm_core.server.backend_routes import serving
+        >>> from rkllm_core.shared import shared_remote
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
+        >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",
+        ...                                           params={"max_context_len": 512})])
+        >>> with serving(config) as url:
+        ...     a = shared_remote(url, "tiny")
+        ...     same = shared_remote(url + "/", "tiny:latest") is a
+        ...     answer = a.generate("Hello").text
+        ...     a.close()
+        >>> same, answer
+        (True, 'Hi.')
+    """
+    from rkllm_core.remote import RemoteRKLLM
+
+    name = None if model is None else model.removesuffix(":latest")
+    secret = None if api_key is None else hashlib.sha256(api_key.encode()).hexdigest()
+    key = json.dumps(["remote", str(base_url).rstrip("/"), name, secret, timeout])
+    with _lock:
+        found = _models.get(key)
+        if found is None or found.closed:
+            found = RemoteRKLLM(base_url, name, api_key=api_key, timeout=timeout)
+            _models[key] = found
+        return found
