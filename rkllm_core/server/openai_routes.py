@@ -39,7 +39,7 @@ from rkllm_core.server import openai_chat, openai_completions, openai_responses
 from rkllm_core.server.app import note_model, server_of
 from rkllm_core.server.openai_convert import dump, new_id, validate
 from rkllm_core.server.registry import ServedModel, WrongRoleError
-from rkllm_core.server.wire import read_json, until_disconnect
+from rkllm_core.server.wire import parse, read_json, until_disconnect
 
 router = APIRouter()
 router.include_router(openai_chat.router)
@@ -195,7 +195,7 @@ class RerankResponse(BaseModel):
 @router.post("/rerank")
 async def rerank(request: Request) -> dict[str, Any]:
     """Relevance of each document to the query, best first, from a ``rerank`` model."""
-    ask = RerankRequest.model_validate(await read_json(request))
+    ask = parse(RerankRequest, await read_json(request))
     texts = ask.texts()
     state = server_of(request)
     served = state.registry.get(ask.model, "rerank")

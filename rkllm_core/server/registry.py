@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkllm_core.errors import RKLLMError
+from rkllm_core.errors import InvalidParameterError, RKLLMError
 from rkllm_core.server.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -277,6 +277,13 @@ class ModelRegistry:
                               m.runtime_version, alone, m.params], sort_keys=True, default=str)
             self.models[m.id] = ServedModel(m, isolated=isolated, max_queue=max_queue,
                                             lane=lanes.setdefault(key, Lane()))
+            sharing = [o for o in self.models.values() if o._lane is self.models[m.id]._lane]
+            if len({o.config.mode == "raw" for o in sharing if o.config.role == "chat"}) > 1:
+                raise InvalidParameterError(
+                    f"models {', '.join(o.id for o in sharing)} name the same file with the same "
+                    "settings (so one loaded model), but raw mode switches the runtime's chat "
+                    "template off for all of them: give them the same mode, or different "
+                    "params so each loads its own")
 
     def get(self, name: str | None, role: str | None = None) -> ServedModel:
         """The model named ``name`` (``id`` or ``id:latest``); with ``role``, one that serves

@@ -40,7 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from rkllm_core.chat import ChatChunk, ChatMessage, ChatResult, ToolSpec
+from rkllm_core.chat import ChatChunk, ChatMessage, ChatResult, ToolCallDelta, ToolSpec
 from rkllm_core.params import SAMPLING_FIELDS, SamplingParams
 from rkllm_core.results import GenerationResult, StreamChunk
 from rkllm_core.server.metrics import Metrics
@@ -126,6 +126,18 @@ async def run_turn(served: ServedModel, request: TurnRequest, metrics: Metrics,
                 sampling=sampling, timeout=timeout)
             metrics.ttft.labels(model=served.id).observe(time.monotonic() - arrived)
             yield ChatChunk(result.message.content, result.message.reasoning or "")
+        elif request.tools and request.tool_choice not in ("auto", "none"):
+            # a required or named tool: the engine's generate retries a turn without the call
+            # once, so the turn is answered whole (tool calls are held back until parsed anyway)
+            result = await engine.agenerate(
+                request.messages, tools=request.tools, tool_choice=request.tool_choice,
+                enable_thinking=request.enable_thinking, stop=request.stop,
+                max_new_tokens=request.max_new_tokens, sampling=sampling, timeout=timeout)
+            metrics.ttft.labels(model=served.id).observe(time.monotonic() - arrived)
+            message = result.message
+            yield ChatChunk(message.content, message.reasoning or "", [
+                ToolCallDelta(i, call.id, call.name, call.arguments_json())
+                for i, call in enumerate(message.tool_calls)])
         else:
             stream = engine.astream(
                 request.messages, tools=request.tools, tool_choice=request.tool_choice,

@@ -26,9 +26,11 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from rkllm_core.chat.structured import StructuredOutputError
 from rkllm_core.errors import (
     BusyError,
     InvalidParameterError,
@@ -59,7 +61,12 @@ def status_of(error: BaseException) -> tuple[int, str, str]:
     """(HTTP status, error code, OpenAI error type) for an exception a route raised."""
     if isinstance(error, ServerError):
         return error.status, error.code, error.kind
-    if isinstance(error, (InvalidParameterError, ValidationError, ValueError)):
+    if isinstance(error, StructuredOutputError):
+        # the model's fault, not the request's: its reply failed the schema twice
+        return 500, "invalid_model_output", "server_error"
+    if isinstance(error, ValidationError):  # a request is checked in parse(): this is ours
+        return 500, "internal_error", "server_error"
+    if isinstance(error, (InvalidParameterError, RequestValidationError, ValueError)):
         return 400, "invalid_request", "invalid_request_error"
     if isinstance(error, UnsupportedFeatureError):
         return 400, "unsupported_feature", "invalid_request_error"
@@ -76,17 +83,18 @@ def status_of(error: BaseException) -> tuple[int, str, str]:
     return 500, "internal_error", "server_error"
 
 
+def _fields(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"{where}: {e['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
 def _message(error: BaseException) -> str:
-    if isinstance(error, ValidationError):
-        parts = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "body"
-            parts.append(f"{where}: {e['msg']}")
-        return "invalid request: " + "; ".join(parts)
-    text = str(error) or type(error).__name__
     if status_of(error)[0] >= 500 and not isinstance(error, RKLLMError):
         return f"internal error ({type(error).__name__}); see the server log"
-    return text
+    return str(error) or type(error).__name__
 
 
 def _headers(error: BaseException) -> dict[str, str]:
@@ -138,8 +146,12 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 def parse(model: type[_M], data: dict[str, Any]) -> _M:
     """``data`` validated as ``model`` (a request type of the ``openai`` or ``ollama``
-    package); fields the type does not know are ignored, never an error."""
-    return model.model_validate(data)
+    package); fields the type does not know are ignored, never an error. A body that does not
+    fit is :class:`~rkllm_core.errors.InvalidParameterError` naming each field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameterError(_fields(exc)) from None
 
 
 # -- framings ----------------------------------------------------------------------------------
