@@ -160,3 +160,19 @@ def test_two_ids_of_one_model_file_share_its_queue(tmp_path: Path) -> None:
     assert registry.get("tiny").backend is registry.get("tiny-embed").backend
     assert registry.get("tiny").loaded and registry.get("other").loaded
     registry.close()
+
+
+def test_the_sdk_page_runs_against_a_server(tmp_path: Path, serve_models: Serve,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "clients" / "openai-sdk.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    model = tiny(tmp_path, "Qwen2.5-1.5B-Instruct_W8A8_RK3588", "Rayleigh scattering.")
+    with serve_models(ServerConfig(models=[model], api_key="KEY")) as url:
+        for block in blocks:
+            exec(compile(block.replace("http://BOARD:8080", url), str(page), "exec"), {})
+    out = capsys.readouterr().out
+    assert out.count("Rayleigh scattering.") == 2  # streamed, then the ollama client's reply
+    assert "cached" in out
