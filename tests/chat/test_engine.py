@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rkllm_core import RKLLM, IsolatedRKLLM
+from rkllm_core import RKLLM
 from rkllm_core.chat.engine import ChatEngine
 from rkllm_core.chat.messages import ChatMessage, ToolSpec
 from rkllm_core.chat.structured import StructuredOutputError
@@ -42,13 +42,12 @@ WEATHER = ToolSpec("get_weather", "The weather in a city",
 
 
 @pytest.fixture(params=["1.3.0", "1.2.1"])
-def llm(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Iterator[RKLLM]:
+def llm(request: pytest.FixtureRequest, tmp_path: Path, load_model: Any) -> RKLLM:
     path = tmp_path / "chat.scripted"
     path.write_text(MODEL)
-    kind = IsolatedRKLLM if backend == "isolated" else RKLLM
-    with kind(path, library="host", runtime_version=request.param,
-              max_context_len=4096) as model:
-        yield model  # type: ignore[misc]  # both are backends the engine drives alike
+    model: RKLLM = load_model(path, library="host", runtime_version=request.param,
+                              max_context_len=4096)  # every backend, driven alike
+    return model
 
 
 def test_a_ten_turn_chat_prefills_only_the_new_messages(llm: RKLLM) -> None:

@@ -62,9 +62,9 @@ class AsyncTokens(AsyncCallbackHandler):
 
 
 @pytest.fixture
-def llm(assistant_file: Path, backend: str) -> ChatRKLLM:
-    return ChatRKLLM(model_path=str(assistant_file), library="host", max_context_len=2048,
-                     isolated=backend == "isolated")
+def llm(assistant_file: Path, place: Any) -> ChatRKLLM:
+    return ChatRKLLM(**place(model_path=str(assistant_file), library="host",
+                             max_context_len=2048))
 
 
 def _join(chunks: list[AIMessageChunk]) -> AIMessageChunk:

@@ -68,9 +68,9 @@ class TestRKLLMEmbeddingsOnSmolLM2(EmbeddingsIntegrationTests):
 
 
 @pytest.fixture
-def embeddings(backend: str) -> RKLLMEmbeddings:
-    return RKLLMEmbeddings(model_path=_scripted_embedder(), library="host", max_context_len=512,
-                           isolated=backend == "isolated")
+def embeddings(place: Any) -> RKLLMEmbeddings:
+    return RKLLMEmbeddings(**place(model_path=_scripted_embedder(), library="host",
+                                   max_context_len=512))
 
 
 def same(a: Any, b: Any) -> None:

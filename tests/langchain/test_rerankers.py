@@ -33,10 +33,10 @@ DOCS = [Document("Bananas are yellow.", metadata={"source": "fruit"}),
 
 
 @pytest.fixture
-def reranker(make_file: Any, backend: str) -> RKLLMReranker:
-    return RKLLMReranker(model_path=str(make_file("reranker.scripted", MODEL)), library="host",
-                         max_context_len=512, yes_token_id=ord("y"), no_token_id=ord("n"),
-                         isolated=backend == "isolated")
+def reranker(make_file: Any, place: Any) -> RKLLMReranker:
+    return RKLLMReranker(**place(model_path=str(make_file("reranker.scripted", MODEL)),
+                                 library="host", max_context_len=512),
+                         yes_token_id=ord("y"), no_token_id=ord("n"))
 
 
 def test_documents_come_back_best_first_with_their_scores(reranker: RKLLMReranker) -> None:

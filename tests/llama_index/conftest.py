@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,9 +54,9 @@ def model_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def llm(model_file: Path, backend: str) -> RKLLM:
-    return RKLLM(model_path=str(model_file), library="host", max_context_len=4096,
-                 max_tokens=256, isolated=backend == "isolated")
+def llm(model_file: Path, place: Any) -> RKLLM:
+    return RKLLM(**place(model_path=str(model_file), library="host", max_context_len=4096),
+                 max_tokens=256)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
@@ -37,10 +38,11 @@ def judge_file(folder: Path, name: str = "judge.scripted") -> str:
 
 
 @pytest.fixture
-def rerank(tmp_path: Path, backend: str) -> RKLLMRerank:
-    return RKLLMRerank(model_path=judge_file(tmp_path), library="host", max_context_len=512,
+def rerank(tmp_path: Path, place: Any) -> RKLLMRerank:
+    return RKLLMRerank(**place(model_path=judge_file(tmp_path), library="host",
+                               max_context_len=512),
                        yes_token_id=ord("y"), no_token_id=ord("n"), top_n=2,
-                       keep_retrieval_score=True, isolated=backend == "isolated")
+                       keep_retrieval_score=True)
 
 
 def test_the_best_nodes_come_first_sync_and_async_alike(rerank: RKLLMRerank) -> None:
