@@ -109,6 +109,10 @@ class _Guard:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                replica = scope["state"].get("replica")
+                if replica:  # the board and slot that ran it (rkllm serve --ray)
+                    message.setdefault("headers", []).append(
+                        (b"x-rkllm-replica", replica.encode("latin-1", "replace")))
             await send(message)
 
         try:

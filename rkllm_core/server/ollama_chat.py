@@ -64,7 +64,7 @@ from rkllm_core.server.ollama_convert import (
     turn_settings,
 )
 from rkllm_core.server.registry import ServedModel
-from rkllm_core.server.turns import TurnRequest, run_turn, sampling_for
+from rkllm_core.server.turns import TurnRequest, sampling_for, turn_items
 from rkllm_core.server.wire import (
     log_failure,
     ndjson,
@@ -189,7 +189,8 @@ def _turn_items(served: ServedModel, request: Request, turn: TurnRequest, arrive
                 timeout: float | None) -> AsyncGenerator[ChatChunk | ChatResult, None]:
     metrics = server_of(request).metrics
     return cast(AsyncGenerator[ChatChunk | ChatResult, None],
-                run_turn(served, turn, metrics, arrived, timeout=timeout))
+                turn_items(served, turn, metrics, arrived, timeout=timeout,
+                           scope=request.scope))
 
 
 async def _raw_items(served: ServedModel, request: Request, prompt: str,

@@ -220,8 +220,7 @@ def _embedder(registry: ModelRegistry, name: str) -> ServedModel:
 
 async def _embed(served: ServedModel, texts: list[str], *, normalize: bool,
                  timeout: float | None) -> list[list[float]]:
-    async with served.turn("embed"):
-        vectors = await served.backend.aembed(texts, normalize=normalize, timeout=timeout)
+    vectors = await served.embed(texts, normalize=normalize, timeout=timeout)
     return [[float(x) for x in row] for row in vectors]
 
 

@@ -62,7 +62,7 @@ from rkllm_core.server.openai_convert import (
     validate,
 )
 from rkllm_core.server.registry import ServedModel
-from rkllm_core.server.turns import TurnRequest, run_turn
+from rkllm_core.server.turns import TurnRequest, turn_items
 from rkllm_core.server.wire import (
     SSE_DONE,
     log_failure,
@@ -232,8 +232,9 @@ def start_turn(request: Request, model: str, wanted: TurnRequest,
     state = server_of(request)
     served = state.registry.get(model, "chat")
     note_model(request, served.id)
-    return served, cast(Turn, run_turn(served, wanted, state.metrics, arrived,
-                                       timeout=state.config.request_timeout))
+    return served, cast(Turn, turn_items(served, wanted, state.metrics, arrived,
+                                         timeout=state.config.request_timeout,
+                                         scope=request.scope))
 
 
 async def turn_result(turn: Turn) -> ChatResult:

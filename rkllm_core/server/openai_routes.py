@@ -110,8 +110,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
     note_model(request, served.id)
 
     async def embed() -> Any:
-        async with served.turn("embed"):
-            return await served.backend.aembed(texts, timeout=state.config.request_timeout)
+        return await served.embed(texts, timeout=state.config.request_timeout)
 
     vectors = await until_disconnect(request, embed())
     wanted = params.get("dimensions")
@@ -205,11 +204,10 @@ async def rerank(request: Request) -> dict[str, Any]:
     async def scores() -> list[float]:
         if not texts:
             return []
-        async with served.turn("rerank"):
-            return await served.backend.arerank(
-                ask.query, texts, instruction=ask.instruction, yes_token_id=cfg.yes_token_id,
-                no_token_id=cfg.no_token_id, tokenizer=cfg.tokenizer,
-                timeout=state.config.request_timeout)
+        return await served.rerank(
+            ask.query, texts, instruction=ask.instruction, yes_token_id=cfg.yes_token_id,
+            no_token_id=cfg.no_token_id, tokenizer=cfg.tokenizer,
+            timeout=state.config.request_timeout)
 
     found = await until_disconnect(request, scores())
     ranked = sorted(range(len(texts)), key=lambda i: -found[i])[:ask.top_n]

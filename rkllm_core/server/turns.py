@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -198,6 +198,22 @@ class StartedStream:
     async def aclose(self) -> None:
         """End it early (the run is aborted)."""
         await self._rest.aclose()
+
+
+async def turn_items(served: ServedModel, request: TurnRequest, metrics: Metrics,
+                     arrived: float, *, timeout: float | None = None,
+                     scope: MutableMapping[str, Any] | None = None,
+                     ) -> AsyncIterator[ChatChunk | ChatResult]:
+    """:func:`run_turn`'s items through the served model's own interface
+    (:meth:`ServedModel.start_turn`, which a model on other boards implements too); the
+    replica that runs it goes into ``scope["state"]["replica"]``, which the app sends as
+    ``X-RKLLM-Replica``."""
+    started = await served.start_turn(request, metrics, arrived, timeout=timeout)
+    if scope is not None and started.replica:
+        scope.setdefault("state", {})["replica"] = started.replica
+    async with contextlib.aclosing(cast(AsyncGenerator[Any, None], aiter(started))) as items:
+        async for item in items:
+            yield item
 
 
 async def start(items: AsyncIterator[Any], replica: str | None = None) -> StartedStream:
