@@ -25,10 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
 
 from rkllm_core.backend import Backend, is_backend
@@ -129,6 +131,13 @@ class ModelSettings(BaseModel):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="More rkllm_core.ModelParams fields, applied at load "
         "time (n_keep, skip_special_token, ...).")
+    base_url: str | None = Field(
+        default=None, description="A board's `rkllm serve` (http://board:8080): run on the model "
+        "it serves (rkllm_core.RemoteRKLLM) instead of loading one here; model_path then names "
+        "the served model's id (None: the server's only chat model). Needs rkllm-py[remote].")
+    api_key: SecretStr | None = Field(
+        default=None, exclude=True, description="The server's API key (its --api-key), sent as "
+        "a Bearer token with base_url; default: RKLLM_API_KEY.")
     client: Any = Field(
         default=None, exclude=True,
         description="An already loaded rkllm_core.RKLLM (or IsolatedRKLLM) to use instead of "
@@ -143,7 +152,11 @@ class ModelSettings(BaseModel):
         """Load (or share, or adopt) the model, then let the subclass build on it."""
         given = self.client is not None
         self.client = load_backend(self)
-        if given:
+        if given and _is_remote(self.client):
+            self.base_url = self.client.base_url
+            self.model_path = self.client.model
+            self.isolated = False
+        elif given:
             from rkllm_core.isolated import IsolatedRKLLM
 
             info = self.client.runtime_info
@@ -233,6 +246,8 @@ def load_backend(settings: ModelSettings, model_path: str | None = None) -> Back
         given: Backend = settings.client
         return given
     path = model_path or settings.model_path
+    if settings.base_url is not None:
+        return _remote_backend(settings, path)
     if not path:
         raise InvalidParameterError(
             f"{type(settings).__name__} needs model_path= (a .rkllm file; .gguf or scripted "
@@ -242,6 +257,31 @@ def load_backend(settings: ModelSettings, model_path: str | None = None) -> Back
     return shared_model(path, library=settings.library,
                         runtime_version=settings.runtime_version, isolated=settings.isolated,
                         **model_params(settings))
+
+
+def _is_remote(model: Any) -> bool:
+    # without importing rkllm_core.remote (and so httpx) when nothing remote is in use
+    remote = sys.modules.get("rkllm_core.remote")
+    return remote is not None and isinstance(model, remote.RemoteRKLLM)
+
+
+def _remote_backend(settings: ModelSettings, model: str | None) -> Backend:
+    """The model a board's ``rkllm serve`` at ``settings.base_url`` serves; the settings that
+    choose how a model loads belong to that server, so giving them here is an error."""
+    loading = [name for name in ("library", "runtime_version", "max_context_len")
+               if getattr(settings, name) is not None]
+    loading += ["isolated"] if settings.isolated else []
+    loading += ["model_kwargs"] if settings.model_kwargs else []
+    if loading:
+        raise InvalidParameterError(
+            f"{', '.join(loading)} cannot be set with base_url: the server at "
+            f"{settings.base_url} loads the model (set them in its `rkllm serve` options or "
+            "config file), or drop base_url to load the model here")
+    from rkllm_core.shared import shared_remote
+
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else \
+        os.environ.get("RKLLM_API_KEY")
+    return shared_remote(settings.base_url or "", model, api_key=key)
 
 
 def run_sampling(defaults: SamplingDefaults, model: Backend,
