@@ -70,3 +70,21 @@ def test_the_api_key_is_sent_from_the_field_or_the_environment(
         assert ChatRKLLM(base_url=base, model="m", api_key="k3y").invoke("Hi").content
         monkeypatch.setenv("RKLLM_API_KEY", "k3y")
         assert LlamaRKLLM(base_url=base, model_path="m").complete("Hi").text
+
+
+def test_the_server_guide_remote_example_runs(serve: object, tmp_path: object,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    from rkllm_core.server import ServerConfig
+    from tests.remote.conftest import ASSISTANT, model
+
+    guide = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+    block = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)[-1]
+    folder = Path(str(tmp_path))
+    config = ServerConfig(models=[model(folder, "qwen2.5-1.5b", ASSISTANT),
+                                  model(folder, "qwen3-embedding", ASSISTANT)], api_key="KEY")
+    with serve(config) as base:  # type: ignore[operator]
+        exec(compile(block.replace("http://BOARD:8080", base), str(guide), "exec"), {})
+    assert capsys.readouterr().out.strip() == "OK, noted."
