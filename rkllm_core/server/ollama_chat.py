@@ -66,6 +66,7 @@ from rkllm_core.server.ollama_convert import (
 from rkllm_core.server.registry import ServedModel
 from rkllm_core.server.turns import TurnRequest, sampling_for, turn_items
 from rkllm_core.server.wire import (
+    Template,
     log_failure,
     ndjson,
     ndjson_response,
@@ -256,7 +257,11 @@ async def _last(items: AsyncGenerator[ChatChunk | ChatResult, None]) -> ChatResu
 # -- NDJSON lines ----------------------------------------------------------------------------
 
 async def _chat_lines(model: str, items: AsyncGenerator[ChatChunk | ChatResult, None],
-                      arrived: float) -> AsyncGenerator[BaseModel, None]:
+                      arrived: float) -> AsyncGenerator[BaseModel | bytes, None]:
+    # a line of text only is filled in a template the ollama type rendered once (hot path)
+    text_line = Template(lambda v: ndjson(ChatResponse(
+        model=model, created_at=v["at"], done=False,
+        message=Message(role="assistant", content=v["text"]))), ["at", "text"])
     async with contextlib.aclosing(items):
         async for item in items:
             if isinstance(item, ChatResult):
@@ -269,25 +274,31 @@ async def _chat_lines(model: str, items: AsyncGenerator[ChatChunk | ChatResult, 
                                    message=Message(role="assistant", content=""), done=True,
                                    done_reason=done_reason(item.finish_reason),
                                    **timings(item.usage, arrived))
+            elif item.content and not item.reasoning:
+                yield text_line.fill(at=now(), text=item.content)
             elif item.content or item.reasoning:
                 yield ChatResponse(model=model, created_at=now(), done=False, message=Message(
                     role="assistant", content=item.content, thinking=item.reasoning or None))
 
 
 async def _generate_lines(model: str, items: AsyncGenerator[ChatChunk | ChatResult, None],
-                          arrived: float) -> AsyncGenerator[BaseModel, None]:
+                          arrived: float) -> AsyncGenerator[BaseModel | bytes, None]:
+    text_line = Template(lambda v: ndjson(GenerateResponse(
+        model=model, created_at=v["at"], response=v["text"], done=False)), ["at", "text"])
     async with contextlib.aclosing(items):
         async for item in items:
             if isinstance(item, ChatResult):
                 yield GenerateResponse(model=model, created_at=now(), response="", done=True,
                                        done_reason=done_reason(item.finish_reason),
                                        **timings(item.usage, arrived))
+            elif item.content and not item.reasoning:
+                yield text_line.fill(at=now(), text=item.content)
             elif item.content or item.reasoning:
                 yield GenerateResponse(model=model, created_at=now(), response=item.content,
                                        thinking=item.reasoning or None, done=False)
 
 
-async def _streamed(request: Request, lines: AsyncGenerator[BaseModel, None]) -> Response:
+async def _streamed(request: Request, lines: AsyncGenerator[BaseModel | bytes, None]) -> Response:
     """An NDJSON response of ``lines``, started once the first line is there (while the
     request waits for it, a client that leaves aborts its turn)."""
     try:
@@ -298,12 +309,12 @@ async def _streamed(request: Request, lines: AsyncGenerator[BaseModel, None]) ->
     return ndjson_response(_framed(first, lines))
 
 
-async def _framed(first: BaseModel, lines: AsyncGenerator[BaseModel, None]
+async def _framed(first: BaseModel | bytes, lines: AsyncGenerator[BaseModel | bytes, None]
                   ) -> AsyncIterator[bytes]:
     try:
-        yield ndjson(first)
+        yield first if isinstance(first, bytes) else ndjson(first)
         async for line in lines:
-            yield ndjson(line)
+            yield line if isinstance(line, bytes) else ndjson(line)
     except Exception as exc:  # the status is sent: the stream's last line says what failed
         log_failure(exc)
         yield ndjson(json.loads(bytes(ollama_error(exc).body)))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, Request
@@ -65,6 +65,7 @@ from rkllm_core.server.registry import ServedModel
 from rkllm_core.server.turns import TurnRequest, turn_items
 from rkllm_core.server.wire import (
     SSE_DONE,
+    Template,
     log_failure,
     openai_error_body,
     read_json,
@@ -159,6 +160,20 @@ class _Reply:
     id: str
     created: int
     model: str
+    _texts: dict[str, Template] = field(default_factory=dict, repr=False)
+
+    def text_chunk(self, name: str, text: str) -> bytes:
+        """The SSE event of a delta that carries only ``text`` in its field ``name``
+        (``content`` or ``reasoning_content``), from a :class:`~rkllm_core.server.wire.
+        Template` the openai type renders once per reply (the per-token hot path)."""
+        template = self._texts.get(name)
+        if template is None:
+            from openai.types.chat.chat_completion_chunk import ChoiceDelta
+
+            template = self._texts[name] = Template(
+                lambda marks: self.chunk(ChoiceDelta.model_validate({name: marks["text"]})),
+                ["text"])
+        return template.fill(text=text)
 
     def chunk(self, delta: Any = None, finish: Finish | None = None,
               usage: Any = None) -> bytes:
@@ -268,9 +283,14 @@ async def _events(first: ChatChunk | ChatResult, turn: Turn, reply: _Reply,
             calls = ToolCallPieces()
             item = first
             while not isinstance(item, ChatResult):
-                delta = _delta(item, calls)
-                if delta is not None:
-                    yield reply.chunk(delta)
+                if item.tool_calls or (item.content and item.reasoning):
+                    delta = _delta(item, calls)
+                    if delta is not None:
+                        yield reply.chunk(delta)
+                elif item.content:
+                    yield reply.text_chunk("content", item.content)
+                elif item.reasoning:
+                    yield reply.text_chunk("reasoning_content", item.reasoning)
                 item = await anext(turn)
             yield reply.chunk(ChoiceDelta(), finish_of(item))
             if include_usage:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -173,6 +173,41 @@ SSE_DONE = b"data: [DONE]\n\n"
 def ndjson(value: Any) -> bytes:
     """One line of an NDJSON stream."""
     return _dumps(value) + b"\n"
+
+
+class Template:
+    """A streamed line rendered once by its protocol's type around placeholders, then filled
+    per token with JSON strings: the same bytes as building and dumping the typed model for
+    each token (a pydantic model per token costs ~80 µs; this ~2).
+
+    Example:
+        >>> from rkllm_core.server.wire import Template, ndjson
+        >>> line = Template(lambda v: ndjson({"model": "m", "text": v["text"], "done": False}),
+        ...                 ["text"])
+        >>> line.fill(text='say "hi"')
+        b'{"model":"m","text":"say \\"hi\\"","done":false}\n'
+    """
+
+    def __init__(self, render: Callable[[dict[str, str]], bytes], names: Sequence[str]) -> None:
+        marks = {name: f"\u0000rkllm:{name}\u0000" for name in names}
+        whole = render(marks)
+        found = sorted((whole.index(json.dumps(mark).encode()), name)
+                       for name, mark in marks.items())
+        self._parts: list[bytes] = []
+        self._names = [name for _, name in found]
+        start = 0
+        for at, name in found:
+            self._parts.append(whole[start:at])
+            start = at + len(json.dumps(marks[name]).encode())
+        self._parts.append(whole[start:])
+
+    def fill(self, **values: str) -> bytes:
+        """The line with each placeholder replaced by its value (a string)."""
+        out = [self._parts[0]]
+        for name, part in zip(self._names, self._parts[1:], strict=True):
+            out.append(json.dumps(values[name], ensure_ascii=False).encode())
+            out.append(part)
+        return b"".join(out)
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:

@@ -84,3 +84,27 @@ def test_raw_and_native_ids_of_one_loaded_model_are_refused(tmp_path: Path) -> N
         ModelRegistry([native, raw])
     apart = raw.model_copy(update={"params": {"max_context_len": 1024}})
     ModelRegistry([native, apart]).close()  # different settings: two loaded models
+
+
+@pytest.mark.parametrize("text", [" word", 'quo"te\n\\ Grüße 日本 🙂 \u0001\u2028', ""])
+def test_the_per_token_templates_write_what_the_protocol_types_write(text: str) -> None:
+    from ollama._types import ChatResponse, GenerateResponse, Message
+    from openai.types.chat.chat_completion_chunk import ChoiceDelta
+
+    from rkllm_core.server.openai_chat import _Reply
+    from rkllm_core.server.wire import Template, ndjson
+
+    reply = _Reply("chatcmpl-1", 1700000000, "m")
+    assert reply.text_chunk("content", text) == reply.chunk(ChoiceDelta(content=text))
+    assert reply.text_chunk("reasoning_content", text) == \
+        reply.chunk(ChoiceDelta.model_validate({"reasoning_content": text}))
+    at = "2026-11-30T16:00:00.000000Z"
+    chat = Template(lambda v: ndjson(ChatResponse(
+        model="m", created_at=v["at"], done=False,
+        message=Message(role="assistant", content=v["text"]))), ["at", "text"])
+    assert chat.fill(at=at, text=text) == ndjson(ChatResponse(
+        model="m", created_at=at, done=False, message=Message(role="assistant", content=text)))
+    generate = Template(lambda v: ndjson(GenerateResponse(
+        model="m", created_at=v["at"], response=v["text"], done=False)), ["at", "text"])
+    assert generate.fill(at=at, text=text) == ndjson(GenerateResponse(
+        model="m", created_at=at, response=text, done=False))
