@@ -184,8 +184,8 @@ class Template:
         >>> from rkllm_core.server.wire import Template, ndjson
         >>> line = Template(lambda v: ndjson({"model": "m", "text": v["text"], "done": False}),
         ...                 ["text"])
-        >>> line.fill(text='say "hi"')
-        b'{"model":"m","text":"say \\"hi\\"","done":false}\n'
+        >>> line.fill(text="hi there").decode().strip()
+        '{"model":"m","text":"hi there","done":false}'
     """
 
     def __init__(self, render: Callable[[dict[str, str]], bytes], names: Sequence[str]) -> None:
