@@ -176,3 +176,21 @@ def test_the_sdk_page_runs_against_a_server(tmp_path: Path, serve_models: Serve,
     out = capsys.readouterr().out
     assert out.count("Rayleigh scattering.") == 2  # streamed, then the ollama client's reply
     assert "cached" in out
+
+
+def test_each_request_writes_one_structured_access_line_without_its_body(
+        tmp_path: Path, serve_models: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rkllm_core.server.access")
+    with serve_models(ServerConfig(models=[tiny(tmp_path)])) as url:
+        httpx.post(f"{url}/api/chat", json={"model": "tiny", "stream": False, "messages": [
+            {"role": "user", "content": "my secret is swordfish"}]})
+        httpx.get(f"{url}/nope")
+    lines = [json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "rkllm_core.server.access"]
+    chat = next(line for line in lines if line["path"] == "/api/chat")
+    assert chat["method"] == "POST" and chat["status"] == 200 and chat["model"] == "tiny"
+    assert chat["ms"] > 0 and chat["client"].startswith("127.0.0.1:")
+    assert next(line for line in lines if line["path"] == "/nope")["status"] == 404
+    assert "swordfish" not in caplog.text
