@@ -6,12 +6,17 @@ Examples (shell)::
     rkllm serve qwen2.5-1.5b.rkllm                       # 127.0.0.1:8080, OpenAI + Ollama
     rkllm serve qwen.rkllm bge.rkllm --host 0.0.0.0 --api-key "$KEY" --isolated
     rkllm serve --config /etc/rkllm/serve.toml
+    rkllm serve qwen.rkllm --ray --host 0.0.0.0 --api-key "$KEY"   # every board of the Ray
+                                                                     # cluster (docs/cluster.md)
 
 Example:
     >>> from rkllm_core.cli import build_parser
     >>> args = build_parser().parse_args(["serve", "m.rkllm", "--port", "9000"])
     >>> args.port, args.models, args.host
     (9000, ['m.rkllm'], None)
+    >>> args = build_parser().parse_args(["serve", "m.rkllm", "--ray", "--slots", "2"])
+    >>> args.ray, args.ray_address, args.replicas, args.slots
+    (True, None, None, 2)
 """
 
 from __future__ import annotations
@@ -61,6 +66,19 @@ def add_serve_parser(sub: Any) -> None:
                    help="runtime release when detection should not decide (e.g. 1.2.3)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    ray = p.add_argument_group("several boards (needs rkllm-py[cluster]; see docs/cluster.md)")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve on every board of a Ray cluster: one replica per board "
+                          "(placed by the custom resource npu), conversations routed to the "
+                          "board that holds their KV cache")
+    ray.add_argument("--ray-address", default=None,
+                     help="the cluster to join (default: the one this machine is part of, "
+                          "from `ray start`; 'local' starts one on this machine)")
+    ray.add_argument("--replicas", type=int, default=None,
+                     help="boards to use (default: the cluster's npu count)")
+    ray.add_argument("--slots", type=int, default=None,
+                     help="KV caches per board: instances of each chat model per board, so "
+                          "this many conversations stay cached on one board (default 1)")
     p.set_defaults(func=run_serve)
 
 
@@ -90,6 +108,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     from pydantic import ValidationError
 
+    ray_only = [f"--{name.replace('_', '-')}" for name in ("ray_address", "replicas", "slots")
+                if getattr(args, name, None) is not None]
+    if ray_only and not getattr(args, "ray", False):
+        print(f"rkllm serve: {', '.join(ray_only)} need --ray (a Ray cluster of boards)",
+              file=sys.stderr)
+        return 2
     try:
         config = config_from_args(args)
     except ValidationError as exc:
@@ -101,5 +125,22 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("rkllm_core.server").warning(
             "serving on %s without --api-key: anyone on the network can use the models",
             config.host)
+    if getattr(args, "ray", False):
+        return _run_on_ray(config, args)
     serve(config, log_level=args.log_level)
+    return 0
+
+
+def _run_on_ray(config: Any, args: argparse.Namespace) -> int:
+    try:
+        from rkllm_core.cluster import run
+    except ImportError as exc:
+        print(f"rkllm serve --ray needs the cluster extra: pip install \"rkllm-py[cluster]\" "
+              f"({exc})", file=sys.stderr)
+        return 2
+    try:
+        run(config, address=args.ray_address, replicas=args.replicas, slots=args.slots or 1)
+    except (RuntimeError, ValueError, ConnectionError) as exc:
+        print(f"rkllm serve --ray: {exc}", file=sys.stderr)
+        return 1
     return 0
