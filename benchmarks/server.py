@@ -1,8 +1,8 @@
 """Suite 7: what ``rkllm serve`` adds over the in-process stream, and KV reuse through it.
 
-A real server (uvicorn, in this process's thread, on 127.0.0.1) over the host runtime; the
-client is httpx reading the raw SSE of ``POST /v1/chat/completions`` (the openai package would
-add its own parsing to the server's share). Three measurements:
+A real ``rkllm serve`` (a process of its own, on 127.0.0.1) over the host runtime; the client
+is httpx in the benchmark's process reading the raw SSE of ``POST /v1/chat/completions`` (the
+openai package would add its own parsing to the server's share). Three measurements:
 
 1. **Per token**: one unpaced reply of N tokens streamed by ``ChatEngine.astream`` in this
    process and through the server; (server - in-process) / N is what HTTP, JSON and SSE add to
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,35 +38,48 @@ from benchmarks._common import (
     words,
 )
 
+#: The id the benchmark's server serves its model under (the scripted file's name).
+MODEL_ID = "bench"
+
 
 @contextmanager
 def _server(ctx: Context, model: Any, max_context_len: int) -> Iterator[str]:
-    import uvicorn
+    """``rkllm serve`` for ``model`` in a process of its own (as on a board: the client's work
+    does not share the server's interpreter), on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
 
-    from rkllm_core.server import ModelConfig, ServerConfig, create_app
+    import httpx
 
-    config = ServerConfig(models=[ModelConfig(
-        path=str(model), id="bench", library="host", runtime_version=ctx.runtime_version,
-        params={"max_context_len": max_context_len})], max_queue=64)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=0,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the benchmark server did not start")
-        time.sleep(0.01)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rkllm_core.cli", "serve", str(model), "--port", str(port),
+         "--library", "host", "--runtime-version", ctx.runtime_version,
+         "--max-context-len", str(max_context_len), "--max-queue", "64",
+         "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's rkllm serve did not start")
+            try:
+                if httpx.get(url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 async def _http_turn(client: Any, url: str, messages: list[dict[str, Any]],
                      max_tokens: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "bench", "messages": messages, "stream": True,
+    body: dict[str, Any] = {"model": MODEL_ID, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -114,7 +126,7 @@ def _overhead(ctx: Context) -> dict[str, Any]:
     rounds = 2 if ctx.quick else 7
     body = (f"max_context_limit = 8192\nwhen contains \"long\" reply {quote(words(n_tokens))}\n"
             'default reply "ok"\n')
-    model = ctx.scripted_model("server-overhead", body)
+    model = ctx.scripted_model(MODEL_ID, body)
     rows: dict[str, list[float]] = {"engine_us": [], "server_us": [], "engine_ttft": [],
                                     "server_ttft": []}
 
@@ -159,7 +171,7 @@ def _reuse(ctx: Context) -> dict[str, Any]:
     body = (f"max_context_limit = 8192\nprefill_tokens_per_second = {prefill:g}\n"
             f"decode_tokens_per_second = {decode:g}\n"
             f"default reply {quote(words(reply_words))}\n")
-    model = ctx.scripted_model("server-reuse", body)
+    model = ctx.scripted_model(MODEL_ID, body)
     question = "Tell me about the next stop of our trip along the river, please. " * 4
     results: dict[str, Any] = {"turns": turns, "reply_words": reply_words,
                                "prefill_tps": prefill, "decode_tps": decode}
