@@ -74,7 +74,7 @@ class RemoteRKLLM:
         >>> from rkllm_core import RemoteRKLLM
         >>> from rkllm_core.chat import ChatEngine, ChatMessage
         >>> from rkllm_core.server import ModelConfig, ServerConfig
-        >>> from rkllm_core.server.backend_routes import serving
+        >>> from rkllm_core.server import serving
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
         >>> _ = path.write_text('RKLLM-SCRIPTED 1\\nhidden_size = 8\\ndefault reply "Hi there."\\n')
         >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",

@@ -304,7 +304,7 @@ class RemoteTextStream(_StreamBase):
         >>> import tempfile, pathlib
         >>> from rkllm_core import RemoteRKLLM
         >>> from rkllm_core.server import ModelConfig, ServerConfig
-        >>> from rkllm_core.server.backend_routes import serving
+        >>> from rkllm_core.server import serving
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
         >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "a b c d"\\n')
         >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",
@@ -427,7 +427,7 @@ class AsyncRemoteTextStream(_StreamBase):
         >>> import asyncio, tempfile, pathlib
         >>> from rkllm_core import RemoteRKLLM
         >>> from rkllm_core.server import ModelConfig, ServerConfig
-        >>> from rkllm_core.server.backend_routes import serving
+        >>> from rkllm_core.server import serving
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
         >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "one two"\\n')
         >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",

@@ -84,7 +84,7 @@ def shared_remote(base_url: str, model: str | None = None, *, api_key: str | Non
     Example:
         >>> import tempfile, pathlib
         >>> from rkllm_core.server import ModelConfig, ServerConfig
-        >>> from rkllm_core.server.backend_routes import serving
+        >>> from rkllm_core.server import serving
         >>> from rkllm_core.shared import shared_remote
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
         >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')

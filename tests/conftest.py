@@ -49,8 +49,7 @@ def _served(stack: contextlib.ExitStack, path: str | os.PathLike[str],
     loaded ``path`` with RKLLM's ``settings``; both end with ``stack``."""
     pytest.importorskip("fastapi", reason="the remote backend's tests need rkllm-py[server]")
     from rkllm_core.remote import RemoteRKLLM
-    from rkllm_core.server import ModelConfig, ServerConfig
-    from rkllm_core.server.backend_routes import serving
+    from rkllm_core.server import ModelConfig, ServerConfig, serving
 
     library = settings.pop("library", None)
     runtime_version = settings.pop("runtime_version", None)

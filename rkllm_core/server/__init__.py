@@ -19,6 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+from rkllm_core.errors import InvalidParameterError
 from rkllm_core.server.app import create_app
 from rkllm_core.server.config import ModelConfig, ServerConfig, load_config
 
@@ -38,4 +44,48 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
                 access_log=False)  # our own access log is structured
 
 
-__all__ = ["ModelConfig", "ServerConfig", "create_app", "load_config", "serve"]
+@contextlib.contextmanager
+def serving(config: ServerConfig, start_timeout: float = 120.0) -> Iterator[str]:
+    """Serve ``config`` from a thread of this process on a free port of 127.0.0.1 and yield
+    its base URL; stops the server (and frees its models) on the way out. For examples, tests
+    and notebooks; ``rkllm serve`` is the real thing.
+
+    Example:
+        >>> import tempfile, pathlib, httpx
+        >>> from rkllm_core.server import ModelConfig, ServerConfig
+        >>> from rkllm_core.server import serving
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
+        >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",
+        ...                                           params={"max_context_len": 512})])
+        >>> with serving(config) as url:
+        ...     httpx.get(url).text
+        'Ollama is running'
+    """
+    import uvicorn
+
+    if config.host != "127.0.0.1":
+        raise InvalidParameterError("serving() listens on 127.0.0.1 only: use `rkllm serve` "
+                                    "to serve other machines")
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=0,
+                                           log_level="warning", access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="rkllm-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server stopped while starting (see its log)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"the server did not start within {start_timeout} s")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+__all__ = ["ModelConfig", "ServerConfig", "create_app", "load_config", "serve", "serving"]

@@ -39,10 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,8 +63,7 @@ from rkllm_core.remote_wire import (
     encode_texts,
 )
 from rkllm_core.results import GenerationResult, PerfStats
-from rkllm_core.server.app import create_app, note_model, server_of
-from rkllm_core.server.config import ServerConfig
+from rkllm_core.server.app import note_model, server_of
 from rkllm_core.server.metrics import Metrics
 from rkllm_core.server.registry import QueueFullError, ServedModel
 from rkllm_core.server.wire import log_failure, ndjson, ndjson_response, read_json, status_of
@@ -326,47 +324,3 @@ async def clear_kv_cache(request: Request, model: str) -> Any:
             await asyncio.to_thread(served.backend.clear_kv_cache, keep, ranges)
         return {"cleared": True}
     return await _answer(clear())
-
-
-@contextlib.contextmanager
-def serving(config: ServerConfig, start_timeout: float = 120.0) -> Iterator[str]:
-    """Serve ``config`` from a thread of this process on a free port of 127.0.0.1 and yield
-    its base URL; stops the server (and frees its models) on the way out. For examples, tests
-    and notebooks; ``rkllm serve`` is the real thing.
-
-    Example:
-        >>> import tempfile, pathlib, httpx
-        >>> from rkllm_core.server import ModelConfig, ServerConfig
-        >>> from rkllm_core.server.backend_routes import serving
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
-        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
-        >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",
-        ...                                           params={"max_context_len": 512})])
-        >>> with serving(config) as url:
-        ...     httpx.get(url).text
-        'Ollama is running'
-    """
-    import uvicorn
-
-    if config.host != "127.0.0.1":
-        raise InvalidParameterError("serving() listens on 127.0.0.1 only: use `rkllm serve` "
-                                    "to serve other machines")
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=0,
-                                           log_level="warning", access_log=False,
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, name="rkllm-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the server stopped while starting (see its log)")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError(f"the server did not start within {start_timeout} s")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)

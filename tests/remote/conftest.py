@@ -11,8 +11,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the remote-backend tests need rkllm-py[server]")
 
-from rkllm_core.server import ModelConfig, ServerConfig
-from rkllm_core.server.backend_routes import serving
+from rkllm_core.server import ModelConfig, ServerConfig, serving
 
 Serve = Callable[..., contextlib.AbstractContextManager[str]]
 

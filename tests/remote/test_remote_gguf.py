@@ -12,8 +12,7 @@ from rkllm_core import RKLLM
 from rkllm_core.backend import ClearKVCache
 from rkllm_core.chat import ChatEngine, ChatMessage
 from rkllm_core.remote import RemoteRKLLM
-from rkllm_core.server import ModelConfig, ServerConfig
-from rkllm_core.server.backend_routes import serving
+from rkllm_core.server import ModelConfig, ServerConfig, serving
 
 pytestmark = pytest.mark.gguf
 

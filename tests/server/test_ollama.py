@@ -17,7 +17,7 @@ import ollama
 import pytest
 
 from rkllm_core.server import ModelConfig, ServerConfig
-from tests.server.conftest import running
+from rkllm_core.server import serving as running
 
 CHAT = "Qwen3-0.6B_W8A8_RK3588"
 CALL = ('<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": '

@@ -16,7 +16,7 @@ from langchain_core.tools import tool
 from langchain_ollama import ChatOllama
 
 from rkllm_core.server import ServerConfig
-from tests.server.conftest import running
+from rkllm_core.server import serving as running
 from tests.server.test_ollama import CHAT, _model
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from rkllm_core.host.build import find_llama_cpp
 from rkllm_core.server import ModelConfig, ServerConfig
-from tests.server.conftest import running
+from rkllm_core.server import serving as running
 
 pytestmark = [
     pytest.mark.gguf,
