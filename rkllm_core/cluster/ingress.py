@@ -189,8 +189,12 @@ class RemoteModel(ServedModel):
 
     @contextlib.asynccontextmanager
     async def turn(self, owner: str) -> AsyncIterator[bool]:
-        """The queues are on the boards (one per slot); there is none here."""
-        raise UnsupportedFeatureError("a cluster's queues are on its boards")
+        """The queues are on the boards (one per slot): what needs a model's queue and runtime
+        here (raw completions, the backend routes) is not served by a cluster."""
+        raise UnsupportedFeatureError(
+            "a cluster serves chat, embeddings and reranking; raw completions "
+            "(/v1/completions, /api/generate with raw) and the backend routes (/rkllm/v1/...) "
+            "need a single `rkllm serve` (without --ray): send this to one board's own server")
         yield False  # pragma: no cover
 
     # -- what the routes call --------------------------------------------------------------

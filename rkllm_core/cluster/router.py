@@ -129,8 +129,9 @@ class AffinityPolicy:
 class ConversationAffinityRouter(RequestRouter):
     """Routes a chat turn to the board whose KV cache holds its conversation; any other
     request, and a conversation no board holds, to the least-loaded board (ties: the board
-    with the coldest cache). ``policy="round_robin"`` ignores the caches (what a plain load
-    balancer does; the benchmark's baseline).
+    with the coldest cache). ``policy="round_robin"`` ignores caches and load: each request
+    goes to the next board in turn and waits there if it is busy (what a plain reverse proxy
+    does; the benchmark's baseline).
 
     Why not Ray's ``PrefixCacheAffinityRouter``: it is built for engines whose KV cache holds
     many prefixes at once (vLLM's paged blocks with automatic prefix caching). It keeps a
@@ -160,6 +161,7 @@ class ConversationAffinityRouter(RequestRouter):
         self._policy: Policy = policy
         self._affinity = AffinityPolicy(report_lag_s=report_lag_s)
         self._turn = 0
+        self._rotation: dict[str, int] = {}  # round robin: each request's turn, on arrival
 
     def _state(self) -> AffinityPolicy:
         if not hasattr(self, "_affinity"):  # initialize_state not called (no kwargs given)
@@ -184,9 +186,14 @@ class ConversationAffinityRouter(RequestRouter):
         if not candidate_replicas:
             return []
         if self._policy == "round_robin":
-            start = self._turn % len(candidate_replicas)
-            order = candidate_replicas[start:] + candidate_replicas[:start]
-            return [[r] for r in order]
+            key = pending_request.metadata.internal_request_id if pending_request else ""
+            if key not in self._rotation:
+                if len(self._rotation) > 4096:  # requests cancelled before they were routed
+                    for stale in list(self._rotation)[:2048]:
+                        del self._rotation[stale]
+                self._rotation[key] = self._turn
+                self._turn += 1
+            return [[candidate_replicas[self._rotation[key] % len(candidate_replicas)]]]
         by_id = {r.replica_id: r for r in candidate_replicas}
         for r in candidate_replicas:
             state.reported(r.replica_id, r.routing_stats)
@@ -200,7 +207,8 @@ class ConversationAffinityRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: Any) -> None:
         """A replica accepted a request: note the conversation it now holds."""
-        self._turn += 1
+        self._state()
+        self._rotation.pop(pending_request.metadata.internal_request_id, None)
         model, request = self._chat_call(pending_request)
         if model is not None and request is not None and self._policy == "affinity":
             replica = self.curr_replicas.get(replica_id)

@@ -1,6 +1,7 @@
 """``rkllm serve MODEL --ray`` as a user runs it: the real command, here on a one-machine Ray
 cluster (``--ray-address local``) with two simulated boards, answering the official clients
-and stopping cleanly on SIGTERM."""
+(chat, /api/show, embeddings; raw completions refused with the reason) and stopping cleanly on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_the_command_serves_a_model_on_two_boards_and_stops_on_sigterm(tmp_path:
     model = tmp_path / "assistant.scripted"
     model.write_text('RKLLM-SCRIPTED 1\ndefault reply "Served by a board."\n')
     port = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # a new local Ray would otherwise turn token auth on and write ~/.ray/auth_token
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     command = [sys.executable, "-m", "rkllm_core.cli", "serve", str(model), "--ray",
                "--ray-address", "local", "--replicas", "2", "--host", LOOPBACK, "--port",
                str(port), "--library", "host", "--runtime-version", "1.3.0",
@@ -59,6 +61,14 @@ def test_the_command_serves_a_model_on_two_boards_and_stops_on_sigterm(tmp_path:
                                       messages=[{"role": "user", "content": "Hi"}])
         assert raw.parse().choices[0].message.content == "Served by a board."
         assert raw.headers["x-rkllm-replica"].endswith("/slot-0")
+        shown = ollama.Client(host=url).show("assistant")
+        assert shown.modelinfo and "completion" in (shown.capabilities or [])
+        vectors = OpenAI(base_url=f"{url}/v1", api_key="none").embeddings.create(
+            model="assistant", input=["one", "two"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 0
+        refused = httpx.post(f"{url}/v1/completions", timeout=30,
+                             json={"model": "assistant", "prompt": [1, 2, 3]})
+        assert refused.status_code == 400 and "single `rkllm serve`" in refused.text
     finally:
         process.send_signal(signal.SIGTERM)
         try:
