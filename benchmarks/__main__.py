@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    cluster,
     embeddings,
     imports,
     latency,
@@ -39,7 +40,10 @@ SUITES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "imports": imports.run,
     "tokenizer": tokenizer.run,
     "server": server.run,
+    "cluster": cluster.run,
 }
+#: Run only when named with --suite: they need an extra (ray[serve]) and take minutes.
+OPT_IN = {"cluster"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen suites and write the results; 1 if a suite failed."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--suite", action="append", choices=list(SUITES),
-                        help="run this suite (repeat for several); default: all")
+                        help="run this suite (repeat for several); default: all but "
+                             "the opt-in ones (cluster)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and faster pacing: a smoke run, not a measurement")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -75,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render is not None:
         return _render(args.render)
-    chosen = args.suite or list(SUITES)
+    chosen = args.suite or [name for name in SUITES if name not in OPT_IN]
     # a partial run must not overwrite the full run's files
-    default = "latest" if set(chosen) == set(SUITES) else "-".join(chosen)
+    default = "latest" if set(chosen) == set(SUITES) - OPT_IN else "-".join(chosen)
     stem = args.name or ("quick" if args.quick else default)
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -207,6 +207,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += [f"- note: {n}" for n in s["notes"]] + [""]
     if "server" in suites:
         out += _server_section(suites["server"])
+    if "cluster" in suites:
+        out += _cluster_section(suites["cluster"])
     for name, error in results.get("errors", {}).items():
         out += [f"## {name}: failed", "", "```", error.rstrip(), "```", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -233,6 +235,43 @@ def _server_section(s: dict[str, Any]) -> list[str]:
         c = r[f"{n}_conversations"]
         out.append(f"| {n} | {_spread(c['later_turn_ttft_ms'], 0)} | {c['turns_with_reuse']} of "
                    f"{c['later_turns']} | {c['cached_fraction']:.0%} |")
+    return [*out, ""]
+
+
+def _cluster_section(s: dict[str, Any]) -> list[str]:
+    p, a = s["pacing"], s["affinity"]
+    out = ["## 8. `rkllm serve --ray` on simulated boards", "",
+           f"Each board a Ray node on this machine with a scripted model paced at "
+           f"{p['prefill_tokens_per_second']:g} prefill / {p['decode_tokens_per_second']:g} "
+           f"decode tokens/s ({p['source']}"
+           + (f"; x{p['speedup_for_quick_run']:g} for the quick run" if
+              p["speedup_for_quick_run"] != 1 else "") + f"); {s['reply_words']}-word replies, "
+           "streamed SSE through Serve's proxy, the whole history sent every turn, clients "
+           f"reading each reply for 0-{s.get('think_s', 0):g} s before the next turn.", "",
+           f"### Throughput: {s['clients']} concurrent clients, {s['turns']} turns each", "",
+           "| boards | routing | tokens/s | ideal (boards x decode) | of ideal | wall s | "
+           "later-turn TTFT ms, median (p25-p75) | later turns reusing the cache |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for t in s["throughput"]:
+        ttft = t["later_turn_ttft_ms"]
+        out.append(f"| {t['boards']} | {t['routing']} | {t['tokens_per_second']:.1f} | "
+                   f"{t['ideal_tokens_per_second']:.1f} | "
+                   f"{t['tokens_per_second'] / t['ideal_tokens_per_second']:.0%} | "
+                   f"{t['wall_s']:.1f} | {ttft['median']:,.0f} ({ttft['p25']:,.0f}-"
+                   f"{ttft['p75']:,.0f}) | {t['turns_with_reuse']} of {t['later_turns']} |")
+    out += ["", f"### Affinity against round-robin: {a['conversations']} conversations on "
+                f"{a['boards']} boards, {a['turns']} turns each, 0-{a.get('think_s', 0):g} s "
+                "reading between turns", "",
+            "| routing | later-turn TTFT ms, median (min-max) | mean | later turns reusing the "
+            "cache | prompt tokens from the cache | turns on the previous turn's board |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for routing in ("affinity", "round_robin"):
+        r = a[routing]
+        out.append(f"| {routing} | {_spread(r['later_turn_ttft_ms'], 0)} | "
+                   f"{_f(r.get('later_turn_ttft_mean_ms'), 0)} | "
+                   f"{r['turns_with_reuse']} of {r['later_turns']} | {r['cached_fraction']:.0%} "
+                   f"| {r['same_board_turns']} of {r['later_turns']} |")
+    out += [""] + [f"- note: {n}" for n in s["notes"]]
     return [*out, ""]
 
 
