@@ -25,7 +25,9 @@ Example (the error a request in flight on a dead board gets):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -137,11 +139,82 @@ class BoardChat:
         raise UnsupportedFeatureError(f"{name}: the chat engines of a cluster run on its boards")
 
 
+class LocalBoards:
+    """The part of a Ray Serve deployment handle the ingress uses (``.options(stream=,
+    method_name=).remote(...)``, ``.describe.remote(...)``), over one
+    :class:`~rkllm_core.cluster.replica.Board` in this process: the ingress without Ray, for
+    its examples and tests.
+
+    Example: see :class:`RemoteModel`.
+    """
+
+    def __init__(self, board: Any, *, stream: bool = False, method_name: str = "") -> None:
+        self.board = board
+        self.stream = stream
+        self.method_name = method_name
+
+    def options(self, *, stream: bool = False, method_name: str = "") -> LocalBoards:
+        """The handle for one method, streamed or not."""
+        return LocalBoards(self.board, stream=stream, method_name=method_name)
+
+    def __getattr__(self, name: str) -> LocalBoards:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.options(method_name=name)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the board's method: an async iterator (with ``cancel()``) when streamed, else
+        an awaitable."""
+        result = getattr(self.board, self.method_name)(*args, **kwargs)
+        if self.stream:
+            return _LocalStream(result)
+        if inspect.isawaitable(result):
+            return result
+
+        async def value() -> Any:
+            return result
+
+        return value()
+
+
+class _LocalStream:
+    def __init__(self, items: AsyncGenerator[Any, None]) -> None:
+        self._items = items
+
+    def __aiter__(self) -> _LocalStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await anext(self._items)
+
+    def cancel(self) -> None:
+        asyncio.get_running_loop().create_task(self._items.aclose())
+
+
 class RemoteModel(ServedModel):
     """A model served by the boards, with the interface the routes use on a
-    :class:`~rkllm_core.server.registry.ServedModel`.
+    :class:`~rkllm_core.server.registry.ServedModel`; ``boards`` is the boards' deployment
+    handle (or :class:`LocalBoards`).
 
-    Example: see :class:`Ingress` (it needs running boards).
+    Example (one board in this process, without Ray):
+        >>> import asyncio, tempfile, pathlib
+        >>> from fastapi.testclient import TestClient
+        >>> from rkllm_core.server import ModelConfig, ServerConfig, create_app
+        >>> from rkllm_core.cluster.replica import Board
+        >>> from rkllm_core.cluster.ingress import ClusterRegistry, LocalBoards
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.scripted"
+        >>> _ = path.write_text('RKLLM-SCRIPTED 1\\ndefault reply "Hi."\\n')
+        >>> config = ServerConfig(models=[ModelConfig(path=str(path), library="host",
+        ...                                           params={"max_context_len": 512})])
+        >>> board = Board(config.models, name="b1")
+        >>> registry = ClusterRegistry(config.models, LocalBoards(board))
+        >>> asyncio.run(registry.describe())
+        >>> with TestClient(create_app(config, registry=registry)) as client:
+        ...     reply = client.post("/v1/chat/completions", json={
+        ...         "model": "tiny", "messages": [{"role": "user", "content": "Hello"}]})
+        >>> reply.headers["x-rkllm-replica"], reply.json()["choices"][0]["message"]["content"]
+        ('b1/slot-0', 'Hi.')
+        >>> board.close()
     """
 
     def __init__(self, config: ModelConfig, boards: Any, *, max_queue: int) -> None:
@@ -290,7 +363,7 @@ class RemoteModel(ServedModel):
 class ClusterRegistry(ModelRegistry):
     """The server's models, each a :class:`RemoteModel` over the boards' handle.
 
-    Example: see :class:`Ingress`.
+    Example: see :class:`RemoteModel`.
     """
 
     def __init__(self, models: Sequence[ModelConfig], boards: Any, *,
