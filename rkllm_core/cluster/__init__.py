@@ -103,7 +103,9 @@ def build_app(config: ServerConfig, *, replicas: int | None = None, slots: int =
         health_check_timeout_s=max(10.0, 3 * health_check_period_s),
         request_router_config=router)
     ingress = deployment(serve.ingress()(Ingress), name="Ingress").options(
-        num_replicas=1, ray_actor_options={"num_cpus": 0},
+        # on the head, next to the HTTP proxy: a board that leaves takes only its own replica
+        num_replicas=1, ray_actor_options={"num_cpus": 0,
+                                           "resources": {"node:__internal_head__": 0.001}},
         # the ingress only relays; the boards' handle queue is the bound (--max-queue)
         max_ongoing_requests=max(64, 4 * (replicas * slots + config.max_queue)))
     board_app = boards.bind(config.models, slots=slots, isolated=config.isolated,

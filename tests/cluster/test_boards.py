@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
+from openai import APIStatusError, AsyncOpenAI
 
 from tests.cluster.conftest import Boards, board_of, boards, scripted, wait_for_running_boards
 
@@ -127,3 +127,43 @@ def test_a_crashed_runtime_fails_its_request_only_and_its_board_comes_back(
         assert time.monotonic() < deadline, f"no new board among {landed}"
         time.sleep(1)
         landed = asyncio.run(again())
+
+
+def test_a_board_that_leaves_costs_its_conversations_their_cache_and_nothing_else(
+        cluster: tuple[Boards, str]) -> None:
+    boards_, url = cluster
+    wait_for_running_boards(3)
+
+    async def turn(talk: list[dict[str, Any]]) -> tuple[str, int, str] | int:
+        """(replica, cached, reply), or the HTTP status of a failed turn."""
+        async with _client(url) as client:
+            try:
+                return await _turn(client, talk)
+            except APIStatusError as error:
+                talk.pop()  # the turn did not happen: ask it again later
+                return error.status_code
+
+    async def turns(talks: list[list[dict[str, Any]]]) -> list[tuple[str, int, str] | int]:
+        return list(await asyncio.gather(*(turn(m) for m in talks)))
+
+    talks: list[list[dict[str, Any]]] = [[{"role": "user", "content": f"Hi, I am {name}."}]
+                                         for name in ("Jo", "Kim", "Lou")]
+    before = [r for r in asyncio.run(turns(talks)) if isinstance(r, tuple)]
+    assert len({board_of(r[0]) for r in before}) == 3
+    # a worker node goes away at once (the head keeps Serve's controller, proxy and ingress)
+    boards_.cluster.remove_node(next(iter(boards_.cluster.worker_nodes)), allow_graceful=False)
+    for talk in talks:
+        talk.append({"role": "user", "content": "Tell me more."})
+    after = asyncio.run(turns(talks))
+    stayed = [(a, b) for a, b in zip(before, after, strict=True)
+              if isinstance(b, tuple) and a[0] == b[0]]
+    assert len(stayed) == 2 and all(b[1] > 0 for _, b in stayed)  # their caches kept
+    (lost, result), = [(i, b) for i, (a, b) in enumerate(zip(before, after, strict=True))
+                       if not (isinstance(b, tuple) and a[0] == b[0])]
+    if not isinstance(result, tuple):
+        # sent before the router knew the board was gone: a 503 the client retries
+        assert result == 503
+        talks[lost].append({"role": "user", "content": "Tell me more."})
+        result = asyncio.run(turn(talks[lost]))
+    assert isinstance(result, tuple) and result[2]
+    assert board_of(result[0]) in {board_of(a[0]) for a, _ in stayed}  # replayed elsewhere

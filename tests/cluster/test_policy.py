@@ -101,6 +101,7 @@ def test_load_comes_before_cache_coldness_for_a_new_conversation() -> None:
 
 def test_errors_cross_ray_with_their_status_and_a_dead_board_is_a_503() -> None:
     from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.serve.exceptions import BackPressureError
 
     bad = pickle.loads(pickle.dumps(BoardError.of(InvalidParameterError("no tools"), "b1")))
     assert (bad.status, bad.code, str(bad)) == (400, "invalid_request", "no tools")
@@ -112,6 +113,8 @@ def test_errors_cross_ray_with_their_status_and_a_dead_board_is_a_503() -> None:
     assert local_error(wrapped) is bad
     lost = local_error(ActorDiedError())
     assert isinstance(lost, BoardLostError) and lost.status == 503
+    busy = local_error(BackPressureError(num_queued_requests=8, max_queued_requests=8))
+    assert isinstance(busy, QueueFullError) and busy.status == 429 and busy.retry_after >= 1
 
 
 def test_a_wedged_runtime_fails_its_request_and_makes_the_health_check_fail(
