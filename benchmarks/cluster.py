@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import socket
@@ -51,6 +50,7 @@ from benchmarks._common import (
     summary,
     words,
 )
+from benchmarks.server import http_turn
 
 #: The id the benchmark serves its model under (the scripted file's name).
 MODEL_ID = "bench"
@@ -103,28 +103,10 @@ def _deploy(model: Any, replicas: int, routing: str) -> None:
 
 
 async def _turn(client: Any, url: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    body = {"model": MODEL_ID, "messages": messages, "stream": True,
-            "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    first: float | None = None
-    text: list[str] = []
-    usage: dict[str, Any] = {}
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        replica = response.headers.get("x-rkllm-replica", "")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            for choice in event.get("choices", []):
-                piece = choice.get("delta", {}).get("content")
-                if piece:
-                    first = first or time.perf_counter()
-                    text.append(piece)
-            usage = event.get("usage") or usage
-    end = time.perf_counter()
-    messages.append({"role": "assistant", "content": "".join(text)})
-    return {"ttft_ms": ((first or end) - start) * 1000, "end": end, "replica": replica,
+    row = await http_turn(client, url, messages, model=MODEL_ID)
+    messages.append({"role": "assistant", "content": row["text"]})
+    usage = row["usage"]
+    return {"ttft_ms": row["ttft_ms"], "end": row["end"], "replica": row["replica"],
             "completion_tokens": usage.get("completion_tokens", 0),
             "prompt_tokens": usage.get("prompt_tokens", 0),
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}

@@ -77,9 +77,12 @@ def _server(ctx: Context, model: Any, max_context_len: int) -> Iterator[str]:
         proc.wait(timeout=60)
 
 
-async def _http_turn(client: Any, url: str, messages: list[dict[str, Any]],
-                     max_tokens: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": MODEL_ID, "messages": messages, "stream": True,
+async def http_turn(client: Any, url: str, messages: list[dict[str, Any]],
+                    max_tokens: int | None = None, model: str = MODEL_ID) -> dict[str, Any]:
+    """One streamed chat turn through ``POST /v1/chat/completions``, read as raw SSE: time to
+    the first content piece and in all, the text, the usage, the replica that served it and
+    when it ended (``perf_counter`` seconds)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -89,6 +92,7 @@ async def _http_turn(client: Any, url: str, messages: list[dict[str, Any]],
     usage: dict[str, Any] = {}
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
+        replica = response.headers.get("x-rkllm-replica", "")
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -103,7 +107,7 @@ async def _http_turn(client: Any, url: str, messages: list[dict[str, Any]],
                 usage = event["usage"]
     end = time.perf_counter_ns()
     return {"ttft_ms": ((first or end) - start) / 1e6, "total_ms": (end - start) / 1e6,
-            "text": "".join(text), "usage": usage}
+            "text": "".join(text), "usage": usage, "replica": replica, "end": end / 1e9}
 
 
 async def _engine_turn(engine: Any, messages: list[Any]) -> dict[str, Any]:
@@ -133,16 +137,16 @@ def _overhead(ctx: Context) -> dict[str, Any]:
     async def measure(url: str, engine: Any) -> None:
         async with httpx.AsyncClient(timeout=300) as client:
             # warm-up: the first request imports the routes' protocol types
-            await _http_turn(client, url, [{"role": "user", "content": "a long one"}])
+            await http_turn(client, url, [{"role": "user", "content": "a long one"}])
             await _engine_turn(engine, [ChatMessage.user("a long one")])
             for _ in range(rounds):
                 long_ask = [{"role": "user", "content": "a long one"}]
-                served = await _http_turn(client, url, long_ask)
+                served = await http_turn(client, url, long_ask)
                 here = await _engine_turn(engine, [ChatMessage.user("a long one")])
                 rows["server_us"].append(served["total_ms"] * 1000 / n_tokens)
                 rows["engine_us"].append(here["total_ms"] * 1000 / n_tokens)
                 for _ in range(5):
-                    short = await _http_turn(client, url, [{"role": "user", "content": "hi"}])
+                    short = await http_turn(client, url, [{"role": "user", "content": "hi"}])
                     rows["server_ttft"].append(short["ttft_ms"])
                     local = await _engine_turn(engine, [ChatMessage.user("hi")])
                     rows["engine_ttft"].append(local["ttft_ms"])
@@ -182,7 +186,7 @@ def _reuse(ctx: Context) -> dict[str, Any]:
         rows = []
         for turn in range(turns):
             messages.append({"role": "user", "content": f"{turn}: {question}"})
-            row = await _http_turn(client, url, messages)
+            row = await http_turn(client, url, messages)
             messages.append({"role": "assistant", "content": row["text"]})
             usage = row["usage"]
             rows.append({"turn": turn, "ttft_ms": row["ttft_ms"],
